@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install the package with its test extra, CPU torch first.
+# Usage: bash scripts/setup.sh            (CPU machine: torch 2.13.0 CPU build)
+#        TORCH_SPEC="torch==2.11.0" bash scripts/setup.sh   (pick another torch, e.g. a CUDA build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+EXTRAS=${EXTRAS:-test}
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch before anything that depends on it: a bare `torch` requirement would pull a CUDA build.
+.venv/bin/python -m pip install -q "$TORCH_SPEC"
+.venv/bin/python -m pip install -q -e ".[${EXTRAS}]"
+echo "ready: $(.venv/bin/python -c 'import torch, verl; print("torch", torch.__version__, "| verl", verl.__version__)')"
