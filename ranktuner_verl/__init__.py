@@ -8,3 +8,19 @@ Only ``ranktuner_verl.integration`` imports verl.
 """
 
 __version__ = "0.1.0"
+
+from ranktuner_verl.methods import (  # noqa: E402
+    METHODS,
+    Method,
+    get_method,
+    guessing_entropy_bound,
+    relative_scale,
+    token_weights,
+    weighted_nll,
+)
+from ranktuner_verl.stats import STATS, expected_rank_sorted, token_stats  # noqa: E402
+
+__all__ = [
+    "METHODS", "Method", "STATS", "expected_rank_sorted", "get_method", "guessing_entropy_bound", "relative_scale",
+    "token_stats", "token_weights", "weighted_nll",
+]

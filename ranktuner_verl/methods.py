@@ -1,0 +1,280 @@
+"""The six token-weighting methods, as detached weights w_t on the NLL (docs/methods.md).
+
+    L = (1/N) * sum_t sg(w_t) * l_t,   l_t = -log p_t
+
+Each method is a small pure function of the token statistics (``ranktuner_verl.stats``) registered by name with the
+statistics it needs and its parameters. ``get_method(name, **params)`` validates both and returns a ``Method``.
+
+Pure PyTorch: no verl import here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ranktuner_verl.stats import LN2, token_stats
+
+#: log of the smallest normal fp32: log-probabilities are clamped here so that p = 0 (a masked label) stays finite.
+LOG_TINY = math.log(torch.finfo(torch.float32).tiny)
+#: TALR's floor on the temperature tau (docs/methods.md).
+TALR_TAU_FLOOR = 1e-6
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a method: its default and what is valid (``choices``, or a numeric range)."""
+
+    default: Any
+    choices: tuple | None = None
+    low: float | None = None  # inclusive unless low_open
+    high: float | None = None  # inclusive
+    low_open: bool = False
+    integer: bool = False
+
+    def describe(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(map(repr, self.choices))
+        kind = "an integer" if self.integer else "a number"
+        lo = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low}"
+        hi = "" if self.high is None else f"<= {self.high}"
+        return " ".join(x for x in (kind, lo, "and" if lo and hi else "", hi) if x)
+
+    def check(self, method: str, name: str, value: Any) -> Any:
+        if self.choices is not None:
+            if value not in self.choices:
+                raise ValueError(f"{method}: {name}={value!r} is not valid; use {self.describe()}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.integer and value != int(value)):
+            raise ValueError(f"{method}: {name}={value!r} is not valid; use {self.describe()}")
+        if (self.low is not None and (value <= self.low if self.low_open else value < self.low)) or (
+            self.high is not None and value > self.high
+        ) or not math.isfinite(value):
+            raise ValueError(f"{method}: {name}={value!r} is out of range; use {self.describe()}")
+        return int(value) if self.integer else float(value)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    fn: Callable[..., torch.Tensor]
+    params: Mapping[str, Param]
+    needs: Callable[[Mapping[str, Any]], frozenset[str]]
+    source: str
+
+
+#: name -> MethodSpec, filled by ``@register``.
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register(name: str, *, source: str, needs, params: Mapping[str, Param] | None = None):
+    """Register ``fn(stats, mask, **params) -> weights`` as method ``name``.
+
+    ``needs``: the statistic names (always with log_prob), or a function of the params returning them.
+    """
+    needs_fn = needs if callable(needs) else (lambda _p, fixed=frozenset(needs): fixed)
+
+    def deco(fn):
+        METHODS[name] = MethodSpec(name, fn, dict(params or {}), lambda p: frozenset(needs_fn(p)) | {"log_prob"}, source)
+        return fn
+
+    return deco
+
+
+@dataclass(frozen=True)
+class Method:
+    """A weighting method with validated parameters. ``weights(stats, mask)`` -> detached w_t [N]."""
+
+    name: str
+    params: Mapping[str, Any]
+    needs: frozenset[str]
+    stat_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def weights(self, stats: Mapping[str, torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Detached weights [N]. ``mask`` [N] selects the tokens that batch-level statistics (TALR's tau, DEFT-cayley's
+        a_f) are taken over (the supervised tokens); None means all."""
+        missing = self.needs - stats.keys()
+        if missing:
+            raise KeyError(f"method {self.name!r} needs statistics {sorted(missing)}, got only {sorted(stats)}")
+        with torch.no_grad():
+            stats = {k: v.detach().float() for k, v in stats.items()}
+            stats["log_prob"] = stats["log_prob"].clamp(min=LOG_TINY)
+            select = None if mask is None else mask.bool()
+            return METHODS[self.name].fn(stats, select, **self.params)
+
+
+def get_method(name: str, **params) -> Method:
+    """The method ``name`` with ``params`` (defaults filled in). Raises ValueError listing what is valid."""
+    if name not in METHODS:
+        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(METHODS)}")
+    spec = METHODS[name]
+    unknown = params.keys() - spec.params.keys()
+    if unknown:
+        valid = ", ".join(f"{k} ({p.describe()}, default {p.default!r})" for k, p in spec.params.items()) or "none"
+        raise ValueError(f"{name}: unknown parameter(s) {sorted(unknown)}; valid: {valid}")
+    values = {k: p.check(name, k, params.get(k, p.default)) for k, p in spec.params.items()}
+    stat_kwargs = {"top_k": values["top_k"]} if "top_k" in values else {}
+    return Method(name, values, spec.needs(values), stat_kwargs)
+
+
+def token_weights(name: str, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None,
+                  **params) -> torch.Tensor:
+    """Detached weights w_t [N] of method ``name`` for ``logits [N, V]`` and ``labels [N]``."""
+    method = get_method(name, **params)
+    return method.weights(token_stats(logits, labels, method.needs, **method.stat_kwargs), mask)
+
+
+def weighted_nll(name: str, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None,
+                 **params) -> torch.Tensor:
+    """sum_t sg(w_t) * (-log p_t) / (number of tokens in ``mask``), with gradient through log p_t.
+
+    log p_t comes from one log-softmax that also serves the backward pass; the other statistics are computed
+    from the detached logits in chunks, as inside the verl actor.
+    """
+    method = get_method(name, **params)
+    log_probs = torch.log_softmax(logits.float(), dim=-1).gather(1, labels.long()[:, None]).squeeze(1)
+    stats = token_stats(logits.detach(), labels, method.needs - {"log_prob"}, **method.stat_kwargs)
+    stats["log_prob"] = log_probs.detach()
+    weights = method.weights(stats, mask)
+    per_token = -weights * log_probs
+    if mask is None:
+        return per_token.sum() / max(per_token.numel(), 1)
+    mask = mask.to(per_token.dtype)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _select(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return x if mask is None else x[mask]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The methods. Each returns w_t [N] from fp32 statistics (log_prob clamped at LOG_TINY).
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@register("sft", source="plain NLL; equals verl 0.9.1 verl.workers.utils.losses.sft_loss", needs=())
+def sft(stats, mask):
+    """w_t = 1."""
+    return torch.ones_like(stats["log_prob"])
+
+
+@register("dft", source="Wu et al., arXiv 2508.05629 (DFT)", needs=())
+def dft(stats, mask):
+    """w_t = p_t (Wu et al. 2025, Eq. 9; TRL loss_type="dft")."""
+    return stats["log_prob"].exp()
+
+
+@register(
+    "talr",
+    source="Lin et al., arXiv 2509.20758 (TALR)",
+    needs=(),
+    params={"w_min": Param(0.01, low=0.0, high=1.0), "normalize": Param("none", choices=("none", "simplex"))},
+)
+def talr(stats, mask, w_min, normalize):
+    """w_t = max(p_t^(1/tau), w_min), tau = max(median of the batch's token NLLs, 1e-6) (Lin et al. 2025).
+
+    ``normalize="simplex"`` (the paper): w_t <- n * w_t / sum w over the n masked tokens, so that the token mean of
+    w_t * l_t is the simplex-weighted sum of the paper. Default "none", as in the public re-implementation.
+    """
+    log_p = stats["log_prob"]
+    nll = _select(-log_p, mask)
+    tau = max(nll.median().item(), TALR_TAU_FLOOR) if nll.numel() else 1.0
+    weights = (log_p / tau).exp().clamp(min=w_min)
+    if normalize == "simplex":
+        picked = _select(weights, mask)
+        if picked.numel():
+            weights = weights * (picked.numel() / picked.sum().clamp(min=torch.finfo(torch.float32).tiny))
+    return weights
+
+
+@register(
+    "eaft",
+    source="Diao et al., arXiv 2601.02151 (EAFT)",
+    needs=lambda p: {"topk_entropy"} if p["entropy"] == "topk" else {"entropy", "log_vocab"},
+    params={
+        "top_k": Param(20, low=1, integer=True),
+        "alpha": Param(1.0, low=0.0, low_open=True),
+        "entropy": Param("topk", choices=("topk", "full")),
+    },
+)
+def eaft(stats, mask, top_k, alpha, entropy):
+    """w_t = (H_t^topK / ln K)^alpha, H^topK the entropy of softmax over the K largest logits (Diao et al. 2026).
+
+    Normalised by ln K (LLaMA-Factory uses the constant 3.0 ~ ln 20 = 2.9957). ``entropy="full"``: (H_t / ln V)^alpha.
+    """
+    if entropy == "topk":
+        h, log_k = stats["topk_entropy"], torch.full_like(stats["topk_entropy"], math.log(top_k))
+    else:
+        h, log_k = stats["entropy"], stats["log_vocab"]
+    # K = 1 or V = 1: a one-token distribution has zero entropy; weight 0 (its NLL is 0 as well).
+    ratio = torch.where(log_k > 0, h / log_k.clamp(min=1e-12), torch.zeros_like(h))
+    return ratio.clamp(min=0, max=1).pow(alpha)
+
+
+@register(
+    "deft",
+    source="Wang et al., arXiv 2602.11424 (DEFT)",
+    needs=lambda p: {"sum_pi_squared"} if p["gate"] == "renyi2" else set(),
+    params={"gate": Param("renyi2", choices=("renyi2", "cayley"))},
+)
+def deft(stats, mask, gate):
+    """w_t = p_t^alpha_t with a detached gate alpha_t (Wang et al. 2026).
+
+    renyi2: alpha_t = sum_v pi_t(v)^2. cayley: alpha_t = clamp(a_f + (1 - a_f) p_t / (2 - p_t), 1e-3, 1),
+    a_f = 0.5 * mean p over the batch's supervised tokens. The official objective -(p^a - 1)/a has gradient
+    sg(p^a) * grad(-log p): the same as this weight form.
+    """
+    log_p = stats["log_prob"]
+    if gate == "renyi2":
+        alpha = stats["sum_pi_squared"]
+    else:
+        p = log_p.exp()
+        picked = _select(p, mask)
+        a_f = 0.5 * picked.mean() if picked.numel() else p.new_tensor(0.5)
+        alpha = (a_f + (1 - a_f) * p / (2 - p)).clamp(1e-3, 1.0)
+    return (alpha * log_p).exp()
+
+
+def guessing_entropy_bound(entropy_bits: torch.Tensor) -> torch.Tensor:
+    """s(H) = 2^(H-2) + 1, H in bits: Massey's (1994) lower bound on E[R] for H >= 2, RankTuner's proxy for E[R]
+    in the practical form (docs/methods.md: reconstructed from the bound the paper cites; applied for all H)."""
+    return torch.exp2(entropy_bits - 2) + 1
+
+
+def _rank_f(x: torch.Tensor) -> torch.Tensor:
+    """f(x) = 1 / log2(x + 1) (Yu et al. 2026)."""
+    return 1.0 / torch.log2(x + 1)
+
+
+def relative_scale(stats: Mapping[str, torch.Tensor], form: str = "practical") -> torch.Tensor:
+    """RankTuner's Relative Scale S_t = 1 / I_t (Yu et al., arXiv 2602.01745).
+
+    exact:     I_t = 2^(f(R_t) - f(E[R_t])), f(x) = 1/log2(x+1)   =>  S_t = 2^(f(E[R_t]) - f(R_t)).
+    practical: S_t = (p_t * s(H_t))^(-K(xi_t)), s(H) = 2^(H-2) + 1 (H in bits), xi_t = max(R_t, s(H_t)),
+               K(xi) = log2(xi + 1)^-2 (Cauchy mean value theorem on f against ln; the paper drops xi/(xi+1)).
+    Needs rank and expected_rank (exact) or rank, entropy and log_prob (practical).
+    """
+    rank = stats["rank"].float()
+    if form == "exact":
+        return torch.exp2(_rank_f(stats["expected_rank"].float().clamp(min=1)) - _rank_f(rank))
+    if form != "practical":
+        raise ValueError(f"unknown RankTuner form {form!r}; valid: 'practical', 'exact'")
+    proxy = guessing_entropy_bound(stats["entropy"].float().clamp(min=0) / LN2)
+    k = torch.log2(torch.maximum(rank, proxy) + 1).pow(-2)
+    log_p = stats["log_prob"].float().clamp(min=LOG_TINY)
+    return torch.exp(-k * (log_p + proxy.log()))
+
+
+@register(
+    "ranktuner",
+    source="Yu et al., arXiv 2602.01745 (RankTuner, ICML 2026)",
+    needs=lambda p: {"rank", "entropy"} if p["form"] == "practical" else {"rank", "expected_rank"},
+    params={"form": Param("practical", choices=("practical", "exact")), "base": Param("p", choices=("p", "one"))},
+)
+def ranktuner(stats, mask, form, base):
+    """w_t = base_t * S_t, base_t = p_t ("p", the paper's choice for math) or 1 ("one"); S_t: ``relative_scale``."""
+    scale = relative_scale(stats, form)
+    return scale * stats["log_prob"].exp() if base == "p" else scale
