@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-COT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+from ranktuner_verl.data.prompts import COT_SYSTEM_PROMPT, to_messages  # noqa: F401 (re-exported)
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -56,14 +56,6 @@ def math_cot_examples(n: int, seed: int = 0) -> list[dict]:
             answer = a + b * c
         rows.append({"problem": problem, "solution": solution, "answer": str(answer)})
     return rows
-
-
-def to_messages(problem: str, solution: str | None = None, system_prompt: str = COT_SYSTEM_PROMPT) -> list[dict]:
-    """The chat turns of one example: system prompt, the problem as the user turn, the solution as the assistant."""
-    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": problem}]
-    if solution is not None:
-        messages.append({"role": "assistant", "content": solution})
-    return messages
 
 
 def build_tokenizer(out_dir: str | Path, vocab_size: int = 400):

@@ -1,0 +1,279 @@
+"""Grading of math completions: extract the final answer, compare it with the gold answer using math-verify.
+
+``extract_answer`` takes the content of the last complete ``\\boxed{...}`` (or ``\\fbox{...}``), with the usual
+fall-backs when there is none, in the spirit of the Qwen2.5-Math evaluation harness: "final answer is X" /
+"final answer: X", then "the answer is X" / "answer: X", then the last number in the text.
+
+``grade`` compares the extracted answer with the gold one: equal strings are correct at once; otherwise both are
+parsed by math-verify (``parse`` + ``verify``, https://github.com/huggingface/Math-Verify) and compared symbolically
+and numerically. The whole comparison runs under a per-answer wall-clock limit (SIGALRM, main thread). An error or a
+timeout is reported in the returned ``Grade`` (counted as wrong), never raised, so one pathological answer cannot stop
+a run.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import signal
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Sequence
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Grade:
+    """The verdict on one completion. ``error`` is set (and ``correct`` is False) when grading failed or timed out."""
+
+    correct: bool
+    extracted: str | None
+    error: str | None = None
+
+    @property
+    def timed_out(self) -> bool:
+        return self.error is not None and self.error.startswith("timeout")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Answer extraction
+# ---------------------------------------------------------------------------------------------------------------
+
+_BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_FINAL_ANSWER = re.compile(r"final answer\s*(?:is|:)\s*:?", re.IGNORECASE)
+_THE_ANSWER = re.compile(r"(?:the answer is|answer\s*:)\s*:?", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d*\.?\d+")
+
+
+def _braced_content(text: str, open_at: int) -> str | None:
+    """The text inside the brace group opening at ``text[open_at] == "{"``, or None if it is never closed."""
+    depth = 0
+    i = open_at
+    while i < len(text):
+        char = text[i]
+        if char == "\\":  # an escaped character (\{, \}, \\) never opens or closes a group
+            i += 2
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_at + 1 : i]
+        i += 1
+    return None
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` (or ``\\boxed 5``); an unclosed one is skipped."""
+    for match in reversed(list(_BOX_COMMAND.finditer(text))):
+        rest = match.end()
+        while rest < len(text) and text[rest] == " ":
+            rest += 1
+        if rest < len(text) and text[rest] == "{":
+            content = _braced_content(text, rest)
+        elif rest > match.end():  # "\boxed 5": up to the next space or math delimiter
+            content = re.match(r"[^\s$]*", text[rest:]).group(0)
+        else:
+            content = None
+        if content is not None and content.strip():
+            return content.strip()
+    return None
+
+
+def _answer_after(anchor: re.Pattern, text: str) -> str | None:
+    """The answer stated after the last ``anchor``: a ``$...$`` group if it starts with one, else up to the sentence end."""
+    matches = list(anchor.finditer(text))
+    if not matches:
+        return None
+    rest = text[matches[-1].end() :].lstrip()
+    for opener, closer in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if rest.startswith(opener):
+            end = rest.find(closer, len(opener))
+            if end > 0:
+                return rest[len(opener) : end].strip() or None
+    sentence = re.split(r"\n|\.\s|\.$", rest, maxsplit=1)[0]
+    return sentence.strip().strip("$").strip() or None
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of a completion, or None if it states none.
+
+    Order: the last complete ``\\boxed{}``/``\\fbox{}`` (nested braces allowed); "final answer is X" / "final answer:
+    X"; "the answer is X" / "answer: X"; the last number in the text (as the Qwen2.5-Math harness does).
+    """
+    if not text:
+        return None
+    for extract in (_last_boxed, lambda t: _answer_after(_FINAL_ANSWER, t), lambda t: _answer_after(_THE_ANSWER, t)):
+        answer = extract(text)
+        if answer is not None:
+            return answer
+    numbers = _NUMBER.findall(text.replace(",", ""))
+    return numbers[-1] if numbers else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Comparison
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _GradingTimeout(BaseException):
+    """Raised by the alarm; a BaseException so that library ``except Exception`` blocks cannot swallow it."""
+
+
+@contextmanager
+def _time_limit(seconds: float | None):
+    """Interrupt the block after ``seconds`` of wall time (SIGALRM; main thread only, elsewhere no limit).
+
+    An alarm already armed by the caller (e.g. pytest-timeout) is re-armed afterwards with its remaining time.
+    """
+    if not seconds or seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise _GradingTimeout()
+
+    started = time.monotonic()
+    previous_handler = signal.signal(signal.SIGALRM, on_alarm)
+    previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:  # even if the alarm fired just before it was disarmed
+            signal.signal(signal.SIGALRM, previous_handler)
+            if previous_delay > 0:
+                remaining = max(previous_delay - (time.monotonic() - started), 1e-3)
+                signal.setitimer(signal.ITIMER_REAL, remaining, previous_interval)
+
+
+_WHOLE_TEXT_WRAPPER = re.compile(r"^\\(?:text|textbf|mathrm|mathbf)\{(.*)\}$", re.DOTALL)
+
+
+def _tidy(answer: str) -> str:
+    """Drop what only dresses an answer: ``$``/``\\(``/``\\[`` delimiters, a trailing full stop, a ``\\text{}`` around
+    the whole answer (AoPS writes ``\\boxed{\\textbf{(073)}}``)."""
+    answer = answer.strip()
+    for opener, closer in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if answer.startswith(opener) and answer.endswith(closer) and len(answer) > len(opener) + len(closer):
+            answer = answer[len(opener) : -len(closer)].strip()
+            break
+    answer = answer.rstrip(". ").strip()
+    wrapped = _WHOLE_TEXT_WRAPPER.match(answer)
+    if wrapped and _braced_content(answer, answer.index("{")) == wrapped.group(1):
+        answer = wrapped.group(1).strip()
+    return answer
+
+
+class _DropTimeoutDisabledNotice(logging.Filter):
+    """math-verify warns when its own timeout is off; ours (``_time_limit``) replaces it, so the notice is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_DropTimeoutDisabledNotice())
+
+
+def _parse(answer: str):
+    """math-verify's parse of one bare answer (as if boxed); our own alarm bounds its time, so its own is off."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    return parse(
+        "\\boxed{" + answer + "}",
+        extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],
+        parsing_timeout=None,
+        raise_on_error=True,
+    )
+
+
+@functools.cache
+def _warm_up() -> None:
+    """Import math-verify and build its parsers once, outside any time limit (a fresh process needs seconds)."""
+    from math_verify import verify
+
+    verify(_parse("1"), _parse("1"), timeout_seconds=None)
+
+
+def _equivalent(gold: str, predicted: str) -> bool:
+    from math_verify import verify
+
+    if _compact(gold) == _compact(predicted):
+        return True
+    gold_parsed = _parse(gold)
+    if not gold_parsed:
+        raise ValueError(f"math-verify could not parse the gold answer {gold!r}")
+    return bool(verify(gold_parsed, _parse(predicted), timeout_seconds=None))
+
+
+def _compact(answer: str) -> str:
+    return re.sub(r"\s+", "", answer)
+
+
+def grade(completion: str, gold: str, timeout: float | None = DEFAULT_TIMEOUT_S) -> Grade:
+    """Grade one completion against the gold answer; never raises (errors and timeouts land in ``Grade.error``)."""
+    extracted = extract_answer(completion)
+    if extracted is None:
+        return Grade(correct=False, extracted=None)
+    _warm_up()
+    try:
+        with _time_limit(timeout):
+            correct = _equivalent(_tidy(str(gold)), _tidy(extracted))
+    except _GradingTimeout:
+        return Grade(correct=False, extracted=extracted, error=f"timeout after {timeout:g}s")
+    except Exception as error:  # noqa: BLE001 - a grader failure is a counted outcome, not a crash
+        return Grade(correct=False, extracted=extracted, error=f"{type(error).__name__}: {error}"[:500])
+    return Grade(correct=correct, extracted=extracted)
+
+
+def _grade_pair(pair: tuple[str, str, float | None]) -> Grade:
+    return grade(*pair)
+
+
+def grade_many(completions: Sequence[str], golds: Sequence[str], timeout: float | None = DEFAULT_TIMEOUT_S,
+               workers: int = 1, desc: str = "grading") -> list[Grade]:
+    """Grade ``completions[i]`` against ``golds[i]`` for all i, in order, with a progress bar counting failures.
+
+    ``workers > 1`` grades in that many worker processes (each enforces the timeout in its own main thread).
+    """
+    from tqdm.auto import tqdm
+
+    if len(completions) != len(golds):
+        raise ValueError(f"grade_many needs one gold answer per completion: got {len(completions)} completions "
+                         f"and {len(golds)} gold answers")
+    pairs = [(completion, gold, timeout) for completion, gold in zip(completions, golds)]
+    grades: list[Grade] = []
+    correct = errors = timeouts = 0
+    with tqdm(total=len(pairs), desc=desc, unit="answer") as bar:
+        if workers > 1:
+            import multiprocessing
+
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            results = pool.map(_grade_pair, pairs, chunksize=max(1, min(64, len(pairs) // (4 * workers))))
+        else:
+            pool, results = None, map(_grade_pair, pairs)
+        try:
+            for result in results:
+                grades.append(result)
+                correct += result.correct
+                timeouts += result.timed_out
+                errors += result.error is not None and not result.timed_out
+                bar.set_postfix(correct=correct, errors=errors, timeouts=timeouts, refresh=False)
+                bar.update()
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+    if errors or timeouts:
+        logger.warning("grading: %d of %d answers failed to grade (%d errors, %d timeouts); counted as wrong",
+                       errors + timeouts, len(grades), errors, timeouts)
+    return grades
