@@ -16,8 +16,8 @@ from ranktuner_verl.methods import (  # noqa: E402
     guessing_entropy_bound,
     relative_scale,
     token_weights,
-    weighted_nll,
 )
+from ranktuner_verl.loss import weighted_nll  # noqa: E402
 from ranktuner_verl.stats import STATS, expected_rank_sorted, token_stats  # noqa: E402
 
 __all__ = [

@@ -127,25 +127,6 @@ def token_weights(name: str, logits: torch.Tensor, labels: torch.Tensor, mask: t
     return method.weights(token_stats(logits, labels, method.needs, **method.stat_kwargs), mask)
 
 
-def weighted_nll(name: str, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None,
-                 **params) -> torch.Tensor:
-    """sum_t sg(w_t) * (-log p_t) / (number of tokens in ``mask``), with gradient through log p_t.
-
-    log p_t comes from one log-softmax that also serves the backward pass; the other statistics are computed
-    from the detached logits in chunks, as inside the verl actor.
-    """
-    method = get_method(name, **params)
-    log_probs = torch.log_softmax(logits.float(), dim=-1).gather(1, labels.long()[:, None]).squeeze(1)
-    stats = token_stats(logits.detach(), labels, method.needs - {"log_prob"}, **method.stat_kwargs)
-    stats["log_prob"] = log_probs.detach()
-    weights = method.weights(stats, mask)
-    per_token = -weights * log_probs
-    if mask is None:
-        return per_token.sum() / max(per_token.numel(), 1)
-    mask = mask.to(per_token.dtype)
-    return (per_token * mask).sum() / mask.sum().clamp(min=1)
-
-
 def _select(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x if mask is None else x[mask]
 

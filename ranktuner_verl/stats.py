@@ -19,6 +19,7 @@ LN2 = math.log(2.0)
 #: name -> definition, for every statistic ``token_stats`` can compute.
 STATS = {
     "log_prob": "log p_t",
+    "logsumexp": "log sum_v exp z_t(v), the softmax normaliser (the fused loss recomputes pi_t from it in backward)",
     "entropy": "H_t = -sum_v pi_t(v) ln pi_t(v), in nats (bits = nats / ln 2)",
     "sum_pi_squared": "sum_v pi_t(v)^2, the collision probability exp(-H_2) (DEFT's gate)",
     "topk_entropy": "entropy (nats) of softmax over the top_k largest logits (EAFT)",
@@ -32,8 +33,9 @@ STATS = {
 _LOGIT_FLOOR = -1.0e4
 #: Width, in nats of log-probability, of the histogram bins used for E[R] (see ``expected_rank_binned``).
 EXPECTED_RANK_BIN_WIDTH = 6.0e-4
-#: Elements per chunk (rows * V): about 16 MB of fp32 per temporary.
-_CHUNK_ELEMENTS = 1 << 22
+#: Elements per chunk (rows * V): 1 MiB of fp32 per temporary, small enough to stay in cache (measured best on a CPU
+#: with ``python -m ranktuner_verl.bench``; on a GPU pass a larger ``chunk_rows``).
+_CHUNK_ELEMENTS = 1 << 18
 
 
 def nats_to_bits(x: torch.Tensor) -> torch.Tensor:
@@ -84,10 +86,10 @@ def _chunk_stats(logits: torch.Tensor, labels: torch.Tensor, needs: frozenset[st
         out["log_vocab"] = torch.full_like(z_label.squeeze(1), math.log(z.shape[1]))
     if "rank" in needs:
         # Compared on logits: the same order as on probabilities, without underflow ties.
-        out["rank"] = (z >= z_label).sum(1, dtype=torch.float32)
+        out["rank"] = torch.count_nonzero(z >= z_label, dim=1).float()
     if "topk_entropy" in needs:
         out["topk_entropy"] = entropy_of_logits(z.topk(min(top_k, z.shape[1]), dim=1).values)
-    if needs & {"log_prob", "entropy", "sum_pi_squared", "expected_rank"}:
+    if needs & {"log_prob", "logsumexp", "entropy", "sum_pi_squared", "expected_rank"}:
         z_max = z.amax(1, keepdim=True)
         z_max = torch.where(torch.isfinite(z_max), z_max, torch.zeros_like(z_max))
         shifted = (z - z_max).clamp_(min=_LOGIT_FLOOR)  # z - max z <= 0
@@ -96,6 +98,8 @@ def _chunk_stats(logits: torch.Tensor, labels: torch.Tensor, needs: frozenset[st
         log_total = total.log()  # = logsumexp(z) - max z
         if "log_prob" in needs:
             out["log_prob"] = (z_label - z_max - log_total).squeeze(1)
+        if "logsumexp" in needs:
+            out["logsumexp"] = (z_max + log_total).squeeze(1)
         if "entropy" in needs:
             # H = lse - sum pi z = log_total - sum pi (z - max z): no cancellation for large logits.
             out["entropy"] = (log_total.squeeze(1) - torch.linalg.vecdot(probs, shifted) / total.squeeze(1)).clamp_(min=0)
