@@ -225,6 +225,11 @@ def guessing_entropy_bound(entropy_bits: torch.Tensor) -> torch.Tensor:
     return torch.exp2(entropy_bits - 2) + 1
 
 
+def rank_exponent(xi: torch.Tensor) -> torch.Tensor:
+    """K(xi) = log2(xi + 1)^-2, the exponent of the practical form (Yu et al. 2026; in (0, 1] for xi >= 1)."""
+    return torch.log2(xi + 1).pow(-2)
+
+
 def _rank_f(x: torch.Tensor) -> torch.Tensor:
     """f(x) = 1 / log2(x + 1) (Yu et al. 2026)."""
     return 1.0 / torch.log2(x + 1)
@@ -238,14 +243,14 @@ def relative_scale(stats: Mapping[str, torch.Tensor], form: str = "practical") -
                K(xi) = log2(xi + 1)^-2 (Cauchy mean value theorem on f against ln; the paper drops xi/(xi+1)).
     Needs rank and expected_rank (exact) or rank, entropy and log_prob (practical).
     """
-    rank = stats["rank"].float()
+    rank = stats["rank"]
     if form == "exact":
-        return torch.exp2(_rank_f(stats["expected_rank"].float().clamp(min=1)) - _rank_f(rank))
+        return torch.exp2(_rank_f(stats["expected_rank"].clamp(min=1)) - _rank_f(rank))
     if form != "practical":
         raise ValueError(f"unknown RankTuner form {form!r}; valid: 'practical', 'exact'")
-    proxy = guessing_entropy_bound(stats["entropy"].float().clamp(min=0) / LN2)
-    k = torch.log2(torch.maximum(rank, proxy) + 1).pow(-2)
-    log_p = stats["log_prob"].float().clamp(min=LOG_TINY)
+    proxy = guessing_entropy_bound(stats["entropy"].clamp(min=0) / LN2)
+    k = rank_exponent(torch.maximum(rank, proxy))
+    log_p = stats["log_prob"].clamp(min=LOG_TINY)
     return torch.exp(-k * (log_p + proxy.log()))
 
 
