@@ -1,0 +1,186 @@
+"""One forward pass of a Hugging Face causal LM over (prompt, response) examples, as a per-token table.
+
+Memory stays bounded: examples go through the model in batches of at most ``batch_tokens`` padded tokens, only
+the response positions of the last hidden state are kept, and the LM head runs on ``logit_chunk`` of them at a
+time, so at most ``logit_chunk x V`` logits exist at once. Token statistics come from
+``ranktuner_verl.stats.token_stats`` and every method's weights from ``get_method(...).weights`` over the whole
+set at once: batch-level statistics (TALR's median NLL, DEFT-cayley's mean p) are taken over all response tokens
+here, not per micro-batch as in training, so the table does not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..methods import get_method, relative_scale
+from ..stats import nats_to_bits, token_stats
+from .examples import TokenizedExample
+
+# Statistics every table holds, whatever the methods need: they feed the plots and S_t.
+TABLE_STATS = frozenset({"log_prob", "entropy", "rank", "expected_rank"})
+
+
+def parse_method(spec: str):
+    """``"name"`` or ``"name:key=value,key=value"`` -> a method object (ValueError on an unknown name/param)."""
+    name, _, param_text = spec.partition(":")
+    params = {}
+    for item in filter(None, param_text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"Method spec {spec!r}: parameter {item!r} is not key=value "
+                             "(example: 'ranktuner:base=one,form=exact').")
+        try:
+            params[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            params[key.strip()] = value.strip()
+    return get_method(name.strip(), **params)
+
+
+def build_methods(specs: list[str]) -> dict:
+    """Method objects keyed by their spec string (the label used in tables and column names ``w:<label>``)."""
+    if not specs:
+        raise ValueError("No methods given; name at least one of the registered methods.")
+    methods = {spec: parse_method(spec) for spec in specs}
+    _stat_kwargs(methods)  # settings that one forward pass cannot serve fail here, before any work
+    return methods
+
+
+def _stat_kwargs(methods: dict) -> dict:
+    merged: dict = {}
+    for label, method in methods.items():
+        for key, value in method.stat_kwargs.items():
+            if merged.setdefault(key, value) != value:
+                raise ValueError(f"Methods ask for different statistics settings ({key}={merged[key]} and "
+                                 f"{key}={value} for {label}); run them in separate diagnoses.")
+    return merged
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """An HF model dir: ``path`` itself, or the ``huggingface/`` folder of a verl checkpoint (``global_step_N``)."""
+    path = Path(path)
+    for candidate in (path, path / "huggingface"):
+        if (candidate / "config.json").is_file():
+            if not any(candidate.glob("*.safetensors")) and not any(candidate.glob("pytorch_model*.bin")):
+                raise FileNotFoundError(
+                    f"{candidate} has a config but no model weights: verl writes only the config and tokenizer there "
+                    "unless trainer checkpoint.save_contents includes 'hf_model'. Add it, or merge the shards with "
+                    f"`python -m verl.model_merger merge --backend fsdp --local_dir {path} --target_dir <dir>`.")
+            return candidate
+    raise FileNotFoundError(f"{path} is not a Hugging Face model dir (no config.json, nor huggingface/config.json); "
+                            "pass a folder written by save_pretrained or a verl checkpoint's global_step_N folder.")
+
+
+def load_tokenizer(model_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_dir(model_dir))
+
+
+def load_model(model_dir: str | Path, device: str = "auto", dtype: str = "auto"):
+    """A causal LM from an HF model dir, in eval mode; ``auto``: CUDA in bf16 if present, else CPU in fp32."""
+    from transformers import AutoModelForCausalLM
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_dir(model_dir), dtype=getattr(torch, dtype))
+    return model.to(device).eval()
+
+
+def _batches(examples: list[TokenizedExample], batch_tokens: int):
+    """Longest first; each batch holds as many examples as fit ``batch_tokens`` padded tokens (at least one)."""
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].prompt_ids) - len(examples[i].response_ids))
+    batch: list[int] = []
+    for i in order:
+        width = len(examples[batch[0]].prompt_ids) + len(examples[batch[0]].response_ids) if batch else 0
+        if batch and (len(batch) + 1) * width > batch_tokens:
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def _lm_head(model):
+    """The output layer as a function of hidden states (with Gemma-style final logit soft-capping if configured)."""
+    head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return (lambda h: torch.tanh(head(h) / cap) * cap) if cap else head
+
+
+@torch.inference_mode()
+def response_stats(model, examples: list[TokenizedExample], needs, stat_kwargs: dict | None = None,
+                   batch_tokens: int = 8192, logit_chunk: int = 1024, progress: bool = True) -> dict[str, torch.Tensor]:
+    """Per-token statistics of every response token, examples in the given order, concatenated (fp32, on CPU).
+
+    The logits at position i predict token i + 1, so the response tokens y_t of an example with a prompt of P
+    tokens are scored by the hidden states at positions P - 1 ... P + R - 2.
+    """
+    device = next(model.parameters()).device
+    decoder, head = model.get_decoder(), _lm_head(model)
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    per_example: dict[int, dict[str, torch.Tensor]] = {}
+    n_batches = sum(1 for _ in _batches(examples, batch_tokens))
+    for batch in tqdm(_batches(examples, batch_tokens), total=n_batches, desc="forward", disable=not progress):
+        sequences = [examples[i].prompt_ids + examples[i].response_ids for i in batch]
+        width = max(map(len, sequences))
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            input_ids[row, :len(seq)] = torch.tensor(seq)
+            attention_mask[row, :len(seq)] = 1
+        hidden = decoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                         use_cache=False).last_hidden_state
+        spans = [(len(examples[i].prompt_ids) - 1, len(examples[i].response_ids)) for i in batch]
+        packed = torch.cat([hidden[row, start:start + n] for row, (start, n) in enumerate(spans)])
+        labels = torch.tensor([t for i in batch for t in examples[i].response_ids], device=device)
+        chunks = [token_stats(head(packed[a:a + logit_chunk]), labels[a:a + logit_chunk], needs, **(stat_kwargs or {}))
+                  for a in range(0, len(labels), logit_chunk)]
+        stats = {name: torch.cat([c[name] for c in chunks]).float().cpu() for name in chunks[0]}
+        sizes = [n for _, n in spans]
+        for i, parts in zip(batch, zip(*(torch.split(stats[name], sizes) for name in stats))):
+            per_example[i] = dict(zip(stats, parts))
+    names = list(per_example[0])
+    return {name: torch.cat([per_example[i][name] for i in range(len(examples))]) for name in names}
+
+
+def token_table(model, tokenizer, examples: list[TokenizedExample], methods: dict, batch_tokens: int = 8192,
+                logit_chunk: int = 1024, progress: bool = True) -> pd.DataFrame:
+    """One row per response token: where it is, what it is, its statistics, S_t and every method's weight.
+
+    Columns: example, position, token_id, token, is_noise, p, log_prob, entropy_bits (H_t in bits), rank (R_t),
+    expected_rank (E[R_t]), S (RankTuner's relative scale, practical form), and ``w:<label>`` per method.
+    """
+    if not examples:
+        raise ValueError("No examples to run the model over; pass a data file with at least one example.")
+    needs = TABLE_STATS.union(*(m.needs for m in methods.values()))
+    stats = response_stats(model, examples, needs, _stat_kwargs(methods), batch_tokens, logit_chunk, progress)
+    token_ids = [t for e in examples for t in e.response_ids]
+    text = {t: tokenizer.decode([t]) for t in set(token_ids)}
+    table = pd.DataFrame({
+        "example": [e.index for e in examples for _ in e.response_ids],
+        "position": [j for e in examples for j in range(len(e.response_ids))],
+        "token_id": token_ids,
+        "token": [text[t] for t in token_ids],
+        "is_noise": [flag for e in examples for flag in e.is_noise],
+        "p": stats["log_prob"].exp().numpy(),
+        "log_prob": stats["log_prob"].numpy(),
+        "entropy_bits": nats_to_bits(stats["entropy"]).numpy(),
+        "rank": stats["rank"].numpy(),
+        "expected_rank": stats["expected_rank"].numpy(),
+        "S": relative_scale(stats, form="practical").float().numpy(),
+    })
+    for label, method in methods.items():
+        table[f"w:{label}"] = method.weights(stats).float().numpy()
+    return table
+
+
+def weight_columns(table: pd.DataFrame) -> list[str]:
+    """The method labels of a token table, in column order."""
+    return [c[2:] for c in table.columns if c.startswith("w:")]

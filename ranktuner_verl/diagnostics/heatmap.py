@@ -1,0 +1,264 @@
+"""Token heat maps: the response text of a few examples, every token coloured by a column of the token table.
+
+Columns: a method's weight ``w:<label>`` (all weight panels share one scale, so methods compare side by side),
+or a statistic: ``S`` (RankTuner's relative scale S_t, diverging around 1), ``rank`` (R_t) and
+``expected_rank`` (E[R_t]) on a log scale, ``p`` (p_t), ``entropy_bits`` (H_t). Injected noise tokens are
+outlined in red. Output: a self-contained HTML page (one ``<span class="tok">`` per response token, details on
+hover) and a PNG drawn with matplotlib.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib import colors  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+STAT_LABELS = {
+    "S": "S_t (relative scale)",
+    "rank": "R_t (rank of the target)",
+    "expected_rank": "E[R_t] (expected rank)",
+    "p": "p_t (target probability)",
+    "entropy_bits": "H_t (entropy, bits)",
+}
+NOISE_COLOR = "#d62728"
+FONT_SIZE = 8.0  # points
+CHAR_WIDTH = 0.602 * FONT_SIZE / 72  # inches: the advance of DejaVu Sans Mono
+LINE_HEIGHT = 1.5 * FONT_SIZE / 72  # inches
+
+
+@dataclass
+class Scale:
+    """How one panel maps values to colours."""
+
+    label: str
+    norm: colors.Normalize
+    cmap: colors.Colormap
+
+    def rgba(self, values) -> np.ndarray:
+        return self.cmap(self.norm(np.asarray(values, dtype=float)))
+
+
+def panel_columns(available: list[str], color_by: list[str]) -> list[str]:
+    """The panels: ``weight`` expands to every method's weight column ``w:<label>`` of ``available``."""
+    weights = [c for c in available if c.startswith("w:")]
+    columns = []
+    for name in color_by:
+        if name == "weight":
+            columns += weights
+        elif name in STAT_LABELS or name in weights:
+            columns.append(name)
+        else:
+            valid = ["weight"] + list(STAT_LABELS) + weights
+            raise ValueError(f"Cannot colour tokens by {name!r}; choose from {', '.join(valid)}.")
+    if not columns:
+        raise ValueError("Nothing to colour by: the token table has no weight columns; name a statistic instead.")
+    return columns
+
+
+def scales(table: pd.DataFrame, columns: list[str]) -> dict[str, Scale]:
+    """One colour scale per panel; weight panels share the range [0, largest weight shown]."""
+    weights = [c for c in columns if c.startswith("w:")]
+    top = max([float(table[c].max()) for c in weights] + [1e-12])
+    result = {}
+    for column in columns:
+        values = table[column].to_numpy(dtype=float)
+        if column.startswith("w:"):
+            result[column] = Scale(f"weight, {column[2:]}", colors.Normalize(0, top), plt.get_cmap("YlOrRd"))
+        elif column == "S":
+            # S scales a weight: symmetric in ratio around 1 (S and 1/S equally far); a few outliers saturate.
+            top = max(float(np.exp(np.percentile(np.abs(np.log(np.clip(values, 1e-12, None))), 98))), 1.05)
+            result[column] = Scale(STAT_LABELS[column], colors.TwoSlopeNorm(1.0, 1 / top, top), plt.get_cmap("RdBu_r"))
+        elif column in ("rank", "expected_rank"):
+            result[column] = Scale(STAT_LABELS[column], colors.LogNorm(1, max(float(values.max()), 2)),
+                                   plt.get_cmap("YlGnBu"))
+        elif column == "p":
+            result[column] = Scale(STAT_LABELS[column], colors.Normalize(0, 1), plt.get_cmap("YlOrRd"))
+        else:
+            result[column] = Scale(STAT_LABELS[column], colors.Normalize(0, max(float(values.max()), 1e-6)),
+                                   plt.get_cmap("PuBu"))
+    return result
+
+
+def legend_scales(columns: list[str], scale: dict[str, Scale]) -> dict[str, Scale]:
+    """The colour bars to show: one for all weight panels (they share a scale), one per statistic."""
+    bars: dict[str, Scale] = {}
+    for column in columns:
+        bars.setdefault("weight (all methods)" if column.startswith("w:") else scale[column].label, scale[column])
+    return bars
+
+
+def pick_examples(table: pd.DataFrame, examples: list[int] | None, count: int) -> list[int]:
+    """The examples to draw: the given ids (checked), else the first ``count`` ones, noisy ones first."""
+    present = list(dict.fromkeys(table["example"]))
+    if examples is not None:
+        missing = sorted(set(examples) - set(present))
+        if missing:
+            raise ValueError(f"Example(s) {missing} are not in the token table (it holds {len(present)} examples).")
+        return list(examples)
+    noisy = set(table.loc[table["is_noise"], "example"])
+    return sorted(present, key=lambda e: e not in noisy)[:count]
+
+
+def _text_color(rgba) -> str:
+    luminance = 0.2126 * rgba[0] + 0.7152 * rgba[1] + 0.0722 * rgba[2]
+    return "#000000" if luminance > 0.5 else "#ffffff"
+
+
+def _display(token: str) -> str:
+    """One line of visible text: newline as ↵, tab as →, other control characters as \\xNN."""
+    text = token.replace("\n", "↵").replace("\t", "→")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def _tooltip(row: pd.Series) -> str:
+    weights = "  ".join(f"w[{c[2:]}]={row[c]:.3g}" for c in row.index if c.startswith("w:"))
+    return (f"{row['token']!r}  p={row['p']:.3g}  R={row['rank']:.0f}  E[R]={row['expected_rank']:.3g}  "
+            f"H={row['entropy_bits']:.3g} bits  S={row['S']:.3g}  {weights}" + ("  NOISE" if row["is_noise"] else ""))
+
+
+def _gradient(scale: Scale) -> str:
+    stops = ", ".join(colors.to_hex(scale.cmap(x)) for x in np.linspace(0, 1, 11))
+    return f"linear-gradient(to right, {stops})"
+
+
+HTML_STYLE = """
+body { font-family: sans-serif; margin: 1.5em; }
+.example { margin-bottom: 2em; }
+.panels { display: flex; gap: 1em; align-items: flex-start; }
+.panel { flex: 1; min-width: 0; border: 1px solid #ccc; padding: 0.5em; }
+.text { font-family: monospace; white-space: pre-wrap; line-height: 1.7; }
+.tok { border-radius: 2px; }
+.tok.noise, .noise-key { outline: 2px solid #d62728; }
+.legend { display: flex; gap: 2em; flex-wrap: wrap; margin-bottom: 1em; font-size: 0.85em; }
+.bar { width: 220px; height: 12px; border: 1px solid #888; }
+"""
+
+
+def write_heatmap_html(table: pd.DataFrame, path: str | Path, color_by: list[str] = ("weight",),
+                       examples: list[int] | None = None, count: int = 4, title: str = "Token heat map") -> Path:
+    """A self-contained HTML page: per example, one panel per column, one ``<span class="tok">`` per token."""
+    columns = panel_columns(list(table.columns), list(color_by))
+    chosen = pick_examples(table, examples, count)
+    scale = scales(table[table["example"].isin(chosen)], columns)
+    legend = "".join(
+        f'<div><div>{html.escape(label)}</div><div class="bar" style="background:{_gradient(s)}"></div>'
+        f"<div>{s.norm.vmin:.3g} &ndash; {s.norm.vmax:.3g}{' (log)' if isinstance(s.norm, colors.LogNorm) else ''}"
+        "</div></div>"
+        for label, s in legend_scales(columns, scale).items())
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{HTML_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+             f'<div class="legend">{legend}<div>noise tokens: <span class="noise-key">outlined</span></div></div>']
+    for example in chosen:
+        rows = table[table["example"] == example]
+        parts.append(f'<div class="example" data-example="{example}"><h2>Example {example}</h2><div class="panels">')
+        for column in columns:
+            fills = scale[column].rgba(rows[column])
+            spans = []
+            for (_, row), fill in zip(rows.iterrows(), fills):
+                css = f"background:{colors.to_hex(fill)};color:{_text_color(fill)}"
+                tip = html.escape(_tooltip(row), quote=True)
+                noise = " noise" if row["is_noise"] else ""
+                text = html.escape(_display(row["token"]).replace("↵", "↵\n"))
+                spans.append(f'<span class="tok{noise}" style="{css}" title="{tip}">{text}</span>')
+            parts.append(f'<div class="panel" data-column="{html.escape(column)}">'
+                         f'<h3>{html.escape(scale[column].label)}</h3><div class="text">{"".join(spans)}</div></div>')
+        parts.append("</div></div>")
+    parts.append("</body></html>")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(parts), encoding="utf-8")
+    return path
+
+
+def wrap_tokens(tokens: list[str], width: int) -> list[tuple[int, int, str]]:
+    """(line, column, text) of every token on a grid ``width`` characters wide; a newline token ends its line."""
+    placed, line, col = [], 0, 0
+    for token in tokens:
+        text = _display(token)[:width] or " "
+        if col and col + len(text) > width:
+            line, col = line + 1, 0
+        placed.append((line, col, text))
+        col += len(text)
+        if "\n" in token:
+            line, col = line + 1, 0
+    return placed
+
+
+def write_heatmap_png(table: pd.DataFrame, path: str | Path, color_by: list[str] = ("weight",),
+                      examples: list[int] | None = None, count: int = 4, width_px: int | None = None,
+                      chars_per_panel: int = 56, dpi: int = 130, title: str = "Token heat map") -> tuple[int, int]:
+    """The heat map as a PNG (panels side by side, examples stacked); returns its (width, height) in pixels.
+
+    ``width_px`` fixes the image width (the panel width in characters follows); otherwise panels are
+    ``chars_per_panel`` characters wide.
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.collections import PatchCollection
+
+    columns = panel_columns(list(table.columns), list(color_by))
+    chosen = pick_examples(table, examples, count)
+    scale = scales(table[table["example"].isin(chosen)], columns)
+    margin, gap, n = 0.25, 0.3, len(columns)
+    if width_px is not None:
+        chars_per_panel = int((width_px / dpi - 2 * margin - (n - 1) * gap) / n / CHAR_WIDTH)
+        if chars_per_panel < 10:
+            raise ValueError(f"width_px={width_px} leaves {chars_per_panel} characters per panel for {n} panels; "
+                             "give a wider image or fewer panels.")
+    panel_w = chars_per_panel * CHAR_WIDTH
+    width = width_px / dpi if width_px is not None else 2 * margin + n * panel_w + (n - 1) * gap
+    layouts = {e: wrap_tokens(list(table.loc[table["example"] == e, "token"]), chars_per_panel) for e in chosen}
+    header = 1.1
+    block = {e: (2.5 + (layouts[e][-1][0] + 1 if layouts[e] else 0)) * LINE_HEIGHT + 0.15 for e in chosen}
+    height = header + sum(block.values()) + margin
+    size_px = (round(width * dpi), round(height * dpi))
+    fig = plt.figure(figsize=(size_px[0] / dpi, size_px[1] / dpi), dpi=dpi)
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.axis("off")
+    ax.text(margin, 0.3, title, fontsize=12, weight="bold", va="center")
+
+    bars = legend_scales(columns, scale)  # the noise legend after them
+    bar_w = min(2.2, (width - 2 * margin) / (len(bars) + 1) - 0.3)
+    for k, (label, s) in enumerate(bars.items()):
+        cax = fig.add_axes([(margin + k * (bar_w + 0.3)) / width, 1 - 0.75 / height, bar_w / width, 0.12 / height])
+        bar = fig.colorbar(ScalarMappable(s.norm, s.cmap), cax=cax, orientation="horizontal")
+        bar.set_label(label, fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    x_noise = margin + len(bars) * (bar_w + 0.3)
+    ax.add_patch(Rectangle((x_noise, 0.6), 0.3, 0.15, fill=False, edgecolor=NOISE_COLOR, linewidth=1.5))
+    ax.text(x_noise + 0.4, 0.675, "injected noise token", fontsize=7, va="center")
+
+    top = header
+    for example in chosen:
+        rows = table[table["example"] == example]
+        ax.text(margin, top + 0.7 * LINE_HEIGHT, f"Example {example}", fontsize=9, weight="bold", va="center")
+        for p, column in enumerate(columns):
+            left = margin + p * (panel_w + gap)
+            y0 = top + 2 * LINE_HEIGHT
+            ax.text(left, top + 1.6 * LINE_HEIGHT, scale[column].label, fontsize=7, va="center", style="italic")
+            fills = scale[column].rgba(rows[column])
+            boxes = [Rectangle((left + c * CHAR_WIDTH, y0 + line * LINE_HEIGHT), len(text) * CHAR_WIDTH, LINE_HEIGHT)
+                     for line, c, text in layouts[example]]
+            ax.add_collection(PatchCollection(boxes, facecolors=fills, edgecolors="white", linewidths=0.4))
+            for (line, c, text), fill, noisy in zip(layouts[example], fills, rows["is_noise"]):
+                ax.text(left + c * CHAR_WIDTH, y0 + (line + 0.5) * LINE_HEIGHT, text, fontsize=FONT_SIZE,
+                        family="DejaVu Sans Mono", va="center", ha="left", color=_text_color(fill))
+                if noisy:
+                    ax.add_patch(Rectangle((left + c * CHAR_WIDTH, y0 + line * LINE_HEIGHT), len(text) * CHAR_WIDTH,
+                                           LINE_HEIGHT, fill=False, edgecolor=NOISE_COLOR, linewidth=1.2))
+        top += block[example]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return size_px

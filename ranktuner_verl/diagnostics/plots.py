@@ -1,0 +1,179 @@
+"""Rank and probability plots of a token table (one panel per method, points coloured by its weight).
+
+- R_t against p_t, log-log, with the envelope R = 1/p: every token ranked at or above the target has probability
+  >= p_t, so R_t <= 1/p_t (RankTuner, Yu et al., arXiv 2602.01745).
+- E[R_t] against H_t (bits), with the guessing-entropy bound E[R] >= 2^(H-2) + 1 (Massey 1994), a bound for
+  H >= 2 bits, drawn dotted below 2 bits where RankTuner applies the formula all the same.
+- Histograms of each method's weights (clean and noise tokens apart when noise was injected).
+PNGs via matplotlib (Agg), and the plotted data as CSV.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from ..methods import guessing_entropy_bound  # noqa: E402
+from .forward import weight_columns  # noqa: E402
+from .heatmap import NOISE_COLOR  # noqa: E402
+
+PANEL_SIZE = (4.2, 3.4)  # inches per panel
+PLOT_COLUMNS = ["example", "position", "token", "is_noise", "p", "rank", "entropy_bits", "expected_rank", "S"]
+
+
+def _grid(n: int, dpi: int):
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * nrows), dpi=dpi,
+                             squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.flat
+
+
+def figure_size_px(n_panels: int, dpi: int) -> tuple[int, int]:
+    """The pixel size of a plot with ``n_panels`` panels (at most three per row)."""
+    ncols = min(3, n_panels)
+    return round(PANEL_SIZE[0] * ncols * dpi), round(PANEL_SIZE[1] * math.ceil(n_panels / ncols) * dpi)
+
+
+def _sample(table: pd.DataFrame, max_points: int, seed: int) -> pd.DataFrame:
+    """All noise tokens and at most ``max_points`` tokens in all, drawn at random (seeded)."""
+    if len(table) <= max_points:
+        return table
+    noise = table[table["is_noise"]]
+    clean = table[~table["is_noise"]]
+    clean = clean.sample(n=max(max_points - len(noise), 0), random_state=seed)
+    return pd.concat([clean, noise]).sort_index()
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def _scatter(table: pd.DataFrame, path: Path, x: str, y: str, xlabel: str, ylabel: str, draw_bound, title: str,
+             dpi: int, max_points: int, seed: int, log_x: bool, legend_at: str) -> Path:
+    methods = weight_columns(table)
+    points = _sample(table, max_points, seed)
+    noise = points[points["is_noise"]]
+    fig, axes = _grid(len(methods), dpi)
+    for ax, method in zip(axes, methods):
+        low, high = float(points[f"w:{method}"].min()), float(points[f"w:{method}"].max())
+        if high - low < 1e-6:  # a constant weight (sft): one colour, a readable colour bar
+            low, high = low - 0.5, high + 0.5
+        dots = ax.scatter(points[x], points[y], c=points[f"w:{method}"], cmap="viridis", s=6, alpha=0.8, linewidths=0,
+                          vmin=low, vmax=high)
+        if len(noise):
+            ax.scatter(noise[x], noise[y], s=22, facecolors="none", edgecolors=NOISE_COLOR, linewidths=0.8,
+                       label="noise token")
+        ax.set_xscale("log" if log_x else "linear")
+        ax.set_yscale("log")
+        ax.set_ylim(0.8, 2 * max(float(points[y].max()), 2.0))
+        draw_bound(ax, points)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(method, fontsize=10)
+        ax.legend(fontsize=7, loc=legend_at)
+        fig.colorbar(dots, ax=ax, label="weight", pad=0.02)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def _envelope(ax, points):
+    p = np.geomspace(1 / ax.get_ylim()[1], 1.0, 200)  # the part of R = 1/p inside the plotted ranks
+    ax.plot(p, 1 / p, color="black", linewidth=1.2, label="R = 1/p (envelope)")
+
+
+def _massey(ax, points):
+    top = max(float(points["entropy_bits"].max()), 2.5)
+    low, high = torch.linspace(0, 2, 50), torch.linspace(2, top, 200)
+    ax.plot(high, guessing_entropy_bound(high), color="black", linewidth=1.2,
+            label="E[R] = 2^(H-2) + 1 (bound, H ≥ 2)")
+    ax.plot(low, guessing_entropy_bound(low), color="black", linewidth=1.2, linestyle=":", label="same formula, H < 2")
+
+
+def write_rank_probability(table: pd.DataFrame, path: str | Path, dpi: int = 120, max_points: int = 20000,
+                           seed: int = 0) -> Path:
+    """R_t against p_t (log-log) with the envelope R = 1/p, one panel per method, coloured by its weight."""
+    return _scatter(table, Path(path), "p", "rank", "p_t (probability of the target)", "R_t (rank of the target)",
+                    _envelope, "Rank against probability", dpi, max_points, seed, log_x=True, legend_at="upper right")
+
+
+def write_expected_rank_entropy(table: pd.DataFrame, path: str | Path, dpi: int = 120, max_points: int = 20000,
+                                seed: int = 0) -> Path:
+    """E[R_t] against H_t in bits with the bound E[R] = 2^(H-2) + 1, one panel per method, coloured by weight."""
+    return _scatter(table, Path(path), "entropy_bits", "expected_rank", "H_t (entropy, bits)",
+                    "E[R_t] (expected rank)", _massey, "Expected rank against entropy", dpi, max_points, seed,
+                    log_x=False, legend_at="lower right")
+
+
+def write_weight_histograms(table: pd.DataFrame, path: str | Path, dpi: int = 120, bins: int = 40) -> Path:
+    """A histogram of each method's weights; noise tokens, if any, in a second colour (each normalised)."""
+    methods = weight_columns(table)
+    noise = table["is_noise"].to_numpy(dtype=bool)
+    fig, axes = _grid(len(methods), dpi)
+    for ax, method in zip(axes, methods):
+        weights = table[f"w:{method}"].to_numpy(dtype=float)
+        edges = np.histogram_bin_edges(weights, bins=bins)
+        ax.hist(weights[~noise], bins=edges, density=True, color="#4c72b0", alpha=0.75,
+                label=f"clean tokens ({(~noise).sum()})")
+        if noise.any():
+            ax.hist(weights[noise], bins=edges, density=True, color=NOISE_COLOR, alpha=0.55,
+                    label=f"noise tokens ({noise.sum()})")
+        ax.set_xlabel("token weight")
+        ax.set_ylabel("density")
+        ax.set_title(f"{method}  (mean {weights.mean():.3g})", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.suptitle("Token weights per method", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, Path(path), dpi)
+
+
+def write_plot_data(table: pd.DataFrame, path: str | Path) -> Path:
+    """The plotted values as CSV: position, token, statistics and every weight, one row per token."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table[PLOT_COLUMNS + [f"w:{m}" for m in weight_columns(table)]].to_csv(path, index=False)
+    return path
+
+
+def write_plots(table: pd.DataFrame, out_dir: str | Path, dpi: int = 120, max_points: int = 20000,
+                seed: int = 0) -> dict[str, Path]:
+    """All three plots and their data in ``out_dir``."""
+    out_dir = Path(out_dir)
+    return {
+        "rank_probability": write_rank_probability(table, out_dir / "rank_probability.png", dpi, max_points, seed),
+        "expected_rank_entropy": write_expected_rank_entropy(table, out_dir / "expected_rank_entropy.png", dpi,
+                                                             max_points, seed),
+        "weight_histograms": write_weight_histograms(table, out_dir / "weight_histograms.png", dpi),
+        "data": write_plot_data(table, out_dir / "plot_data.csv"),
+    }
+
+
+def write_scale_histogram(table: pd.DataFrame, path: str | Path, band: float = 0.05, dpi: int = 120,
+                          bins: int = 60) -> Path:
+    """A histogram of RankTuner's S_t with the noise region |S_t - 1| < ``band`` shaded and its share printed."""
+    scale = table["S"].to_numpy(dtype=float)
+    share = float(np.mean(np.abs(scale - 1) < band))
+    fig, ax = plt.subplots(figsize=PANEL_SIZE, dpi=dpi)
+    ax.axvspan(1 - band, 1 + band, color="#bbbbbb", alpha=0.5, label=f"noise region |S-1| < {band:g}: {share:.1%}")
+    ax.hist(scale, bins=bins, color="#4c72b0", alpha=0.85)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("S_t (RankTuner relative scale)")
+    ax.set_ylabel("tokens")
+    ax.set_title("Relative scale of the response tokens", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, Path(path), dpi)

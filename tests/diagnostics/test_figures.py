@@ -1,0 +1,97 @@
+"""Heat maps and plots from a real token table of the tiny model (with injected noise)."""
+
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from ranktuner_verl.diagnostics.examples import load_examples, tokenize_examples
+from ranktuner_verl.diagnostics.forward import build_methods, load_model, load_tokenizer, token_table
+from ranktuner_verl.diagnostics.heatmap import write_heatmap_html, write_heatmap_png
+from ranktuner_verl.diagnostics.noise import inject_noise
+from ranktuner_verl.diagnostics.plots import figure_size_px, write_plots
+from ranktuner_verl.diagnostics.report import write_report
+
+METHODS = ["sft", "dft", "ranktuner"]
+
+
+@pytest.fixture(scope="module")
+def table(tiny_model_dir, sft_parquet):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    examples = inject_noise(tokenize_examples(tokenizer, load_examples(sft_parquet)), tokenizer, "filler", 0.1)
+    return token_table(load_model(tiny_model_dir), tokenizer, examples, build_methods(METHODS), progress=False)
+
+
+class Spans(HTMLParser):
+    """Counts token spans per (example, panel column) and the noise-marked ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.example = self.column = None
+        self.tokens, self.noise = {}, {}
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.example = attrs.get("data-example", self.example)
+        self.column = attrs.get("data-column", self.column)
+        classes = (attrs.get("class") or "").split()
+        if tag == "span" and "tok" in classes:
+            key = (int(self.example), self.column)
+            self.tokens[key] = self.tokens.get(key, 0) + 1
+            self.noise[key] = self.noise.get(key, 0) + ("noise" in classes)
+
+
+def test_html_has_one_span_per_response_token(table, tmp_path):
+    path = write_heatmap_html(table, tmp_path / "h.html", color_by=["weight", "S", "rank"], count=3)
+    parser = Spans()
+    parser.feed(path.read_text())
+    shown = {e for e, _ in parser.tokens}
+    assert len(shown) == 3 and shown <= set(table.loc[table["is_noise"], "example"])
+    for (example, column), count in parser.tokens.items():
+        rows = table[table["example"] == example]
+        assert count == len(rows), (example, column)
+        assert parser.noise[(example, column)] == rows["is_noise"].sum()
+    assert {c for _, c in parser.tokens} == {"w:sft", "w:dft", "w:ranktuner", "S", "rank"}
+
+
+def test_png_heat_map_has_the_requested_width(table, tmp_path):
+    size = write_heatmap_png(table, tmp_path / "h.png", color_by=["w:dft", "p"], examples=[0, 1], width_px=900, dpi=100)
+    image = Image.open(tmp_path / "h.png")
+    assert image.format == "PNG" and image.size == size and size[0] == 900 and size[1] > 200
+    pixels = np.asarray(image.convert("RGB"), dtype=float)
+    reds = (pixels[..., 0] > 180) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)
+    assert pixels.std() > 10 and reds.any()  # coloured tokens, red outlines on the noise
+
+
+def test_heat_map_refuses_unknown_columns_and_examples(table, tmp_path):
+    with pytest.raises(ValueError, match="Cannot colour tokens by 'w:deft'.*w:dft"):
+        write_heatmap_html(table, tmp_path / "h.html", color_by=["w:deft"])
+    with pytest.raises(ValueError, match=r"Example\(s\) \[99\]"):
+        write_heatmap_png(table, tmp_path / "h.png", examples=[99])
+    assert not (tmp_path / "h.html").exists() and not (tmp_path / "h.png").exists()
+
+
+def test_plots_and_their_data(table, tmp_path):
+    written = write_plots(table, tmp_path, dpi=80)
+    for name in ("rank_probability", "expected_rank_entropy", "weight_histograms"):
+        image = Image.open(written[name])
+        assert image.format == "PNG" and image.size == figure_size_px(len(METHODS), 80)
+        assert np.asarray(image.convert("L")).std() > 10
+    data = pd.read_csv(written["data"], keep_default_na=False)
+    assert len(data) == len(table)
+    assert {"p", "rank", "entropy_bits", "expected_rank", "S", "w:sft", "w:dft", "w:ranktuner"} <= set(data.columns)
+    assert (data["rank"] <= 1 / data["p"] * (1 + 1e-4)).all()  # the envelope the plot draws holds
+
+
+def test_report_numbers(table, tmp_path):
+    write_report(table, tmp_path, {"model": "tiny"})
+    import json
+
+    numbers = json.loads((tmp_path / "report.json").read_text())
+    assert numbers["noise_region_share"] == pytest.approx(np.mean(np.abs(table["S"] - 1) < 0.05))
+    assert numbers["methods"]["dft"]["mean"] == pytest.approx(table["p"].mean(), rel=1e-5)
+    assert numbers["methods"]["sft"]["median"] == 1
+    assert Image.open(tmp_path / "weight_histograms.png").size == figure_size_px(len(METHODS), 120)
+    assert "share of tokens in the noise region" in (tmp_path / "report.md").read_text()
