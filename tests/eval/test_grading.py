@@ -84,7 +84,8 @@ def test_grading_off_the_main_thread_works_without_the_timer():
 
 
 def test_grade_many_in_processes_matches_grade_and_counts_failures(caplog):
-    completions = ["\\boxed{0.5}", "\\boxed{2}", "nothing", "\\boxed{(x+1)^{400}-(x-1)^{400}}", "\\boxed{1}"]
+    # an expression of its own: sympy caches, and another test grades (x+1)^{400}-(x-1)^{400} in this process
+    completions = ["\\boxed{0.5}", "\\boxed{2}", "nothing", "\\boxed{(x+2)^{900}-(x-2)^{900}}", "\\boxed{1}"]
     golds = ["\\frac12", "3", "1", "3", ""]
     sequential = [grade(c, g, timeout=0.3) for c, g in zip(completions, golds)]
     parallel = grade_many(completions, golds, timeout=0.3, workers=2)
