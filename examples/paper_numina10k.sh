@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The paper's SFT run (configs/experiment/paper_numina10k.yaml): NuminaMath-CoT 10k, 4 GPUs, 1 epoch, AdamW lr 5e-5
+# betas (0.9, 0.95), wd 0.01, cosine with warmup 0.1, clip 1.0, batch 256, max length 2048. One loss or all six:
+#     MODEL=Qwen/Qwen3-8B LOSS=ranktuner bash examples/paper_numina10k.sh   (sft|dft|talr|eaft|deft|ranktuner|all)
+# Extra Hydra overrides pass through (e.g. loss.base=one). The per-model presets next to this file set MODEL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MODEL=${MODEL:?set MODEL, e.g. Qwen/Qwen3-8B or Qwen/Qwen2.5-Math-7B}
+NAME=${NAME:-$(basename "$MODEL" | tr 'A-Z.-' 'a-z__')_numina10k}
+DATA_DIR=${DATA_DIR:-data/numina10k}
+NPROC=${NPROC:-4}
+LOSS=${LOSS:-ranktuner}
+CKPT_ROOT=${CKPT_ROOT:-checkpoints/$NAME}
+
+[ -f "$DATA_DIR/train.parquet" ] || python -m ranktuner_verl.data.numina --out-dir "$DATA_DIR"
+
+losses=("$LOSS")
+[ "$LOSS" = all ] && losses=(sft dft talr eaft deft ranktuner)
+for loss in "${losses[@]}"; do
+    NPROC=$NPROC bash scripts/train.sh experiment=paper_numina10k loss="$loss" model.path="$MODEL" \
+        data.train_files="$DATA_DIR/train.parquet" data.val_files="$DATA_DIR/val.parquet" \
+        trainer.project_name="$NAME" trainer.default_local_dir="$CKPT_ROOT/$loss" "$@"
+done

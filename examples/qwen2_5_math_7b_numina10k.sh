@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# The paper's run on Qwen2.5-Math-7B, 4 GPUs: LOSS=sft|...|ranktuner|all bash examples/qwen2_5_math_7b_numina10k.sh
+set -euo pipefail
+MODEL=${MODEL:-Qwen/Qwen2.5-Math-7B} exec bash "$(dirname "$0")/paper_numina10k.sh" "$@"
