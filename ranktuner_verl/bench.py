@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import multiprocessing
 import os
 import time
 
@@ -84,29 +85,41 @@ def _step(loss_fn, logits, labels):
     return z.grad
 
 
-def bench_shape(n: int, vocab: int, dtype: torch.dtype, repeats: int, with_sort: bool) -> list[tuple[str, float, float]]:
+def bench_times(n: int, vocab: int, dtype: torch.dtype, repeats: int, with_sort: bool) -> dict[str, float]:
+    """Seconds per forward + backward of each case (min over rounds; rounds interleave the cases)."""
     logits, labels = make_inputs(n, vocab, dtype)
-    fns = {"plain NLL": plain_nll}
-    for label, name, params in CASES:
-        fns[label] = lambda z, y, name=name, params=params: weighted_nll(name, z, y, **params)
+    fns = _cases()
     times = {k: [] for k in fns}
     for _ in range(repeats + 1):  # the first round warms up and is dropped
         for label, fn in fns.items():
             t0 = time.perf_counter()
             _step(fn, logits, labels)
             times[label].append(time.perf_counter() - t0)
-    base_t = min(times["plain NLL"][1:])
-    base_mem = peak_extra_mib(lambda: _step(plain_nll, logits, labels))
-    rows = []
-    for label, fn in fns.items():
-        mem = peak_extra_mib(lambda fn=fn: _step(fn, logits, labels))
-        rows.append((label, min(times[label][1:]) / base_t, mem - base_mem))
+    best = {label: min(t[1:]) for label, t in times.items()}
     if with_sort:  # context: what a full sort for E[R] would cost
         t0 = time.perf_counter()
         expected_rank_sorted(logits)
-        rows.append(("(E[R] by full sort, stats only)", (time.perf_counter() - t0) / base_t, float("nan")))
-    rows.append(("(plain NLL itself: seconds, peak MiB)", base_t, base_mem))
-    return rows
+        best[SORT] = time.perf_counter() - t0
+    return best
+
+
+def bench_memory(n: int, vocab: int, dtype_name: str) -> dict[str, float]:
+    """Peak extra resident MiB of each case. Run in a fresh process: ``_release_freed_memory_to_os`` would slow the
+    timings (every block over 64 KiB mmapped and unmapped again)."""
+    _release_freed_memory_to_os()
+    logits, labels = make_inputs(n, vocab, DTYPES[dtype_name])
+    return {label: peak_extra_mib(lambda fn=fn: _step(fn, logits, labels)) for label, fn in _cases().items()}
+
+
+SORT = "(E[R] by full sort, statistics only)"
+BASELINE = "plain NLL"
+
+
+def _cases() -> dict:
+    fns = {BASELINE: plain_nll}
+    for label, name, params in CASES:
+        fns[label] = lambda z, y, name=name, params=params: weighted_nll(name, z, y, **params)
+    return fns
 
 
 def main(argv=None) -> None:
@@ -124,14 +137,19 @@ def main(argv=None) -> None:
         parser.error(f"bad --dtypes {bad} (valid: {sorted(DTYPES)}) or --shapes {args.shapes!r} (use NxV)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    _release_freed_memory_to_os()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    spawn = multiprocessing.get_context("spawn")
     for n, vocab in shapes:
         for dt in dtypes:
-            print(f"\n### N x V = {n} x {vocab}, {dt}\n")
-            print("| method | time / plain NLL | extra peak MiB |\n|---|---|---|")
-            for label, ratio, mem in bench_shape(n, vocab, DTYPES[dt], args.repeats, not args.no_sort):
-                print(f"| {label} | {ratio:.2f} | {mem:.0f} |")
+            times = bench_times(n, vocab, DTYPES[dt], args.repeats, not args.no_sort)
+            with spawn.Pool(1) as pool:
+                memory = pool.apply(bench_memory, (n, vocab, dt))
+            base_t, base_mem = times[BASELINE], memory[BASELINE]
+            print(f"\n### N x V = {n} x {vocab}, {dt}: plain NLL {base_t:.3f} s, peak {base_mem:.0f} MiB\n")
+            print("| method | time / plain NLL | extra peak MiB over plain NLL |\n|---|---|---|")
+            for label, seconds in times.items():
+                extra = f"{memory[label] - base_mem:+.0f}" if label in memory else "-"
+                print(f"| {label} | {seconds / base_t:.2f} | {extra} |", flush=True)
 
 
 if __name__ == "__main__":
