@@ -90,7 +90,10 @@ def bench_times(n: int, vocab: int, dtype: torch.dtype, repeats: int, with_sort:
     logits, labels = make_inputs(n, vocab, dtype)
     fns = _cases()
     times = {k: [] for k in fns}
-    for _ in range(repeats + 1):  # the first round warms up and is dropped
+    t0 = time.perf_counter()
+    _step(plain_nll, logits, labels)
+    rounds = max(repeats, min(30, int(1.0 / (time.perf_counter() - t0)) + 1))  # at least ~1 s of baseline per case
+    for _ in range(rounds + 1):  # the first round warms up and is dropped
         for label, fn in fns.items():
             t0 = time.perf_counter()
             _step(fn, logits, labels)
@@ -126,7 +129,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="1024x151936,256x32768", help="comma-separated NxV")
     parser.add_argument("--dtypes", default="fp32,bf16", help=f"comma-separated, from {sorted(DTYPES)}")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per case (min is reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per case, at least (small shapes get more, ~1 s of baseline); min is reported")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-sort", action="store_true", help="skip the full-sort reference (slow)")
     args = parser.parse_args(argv)
