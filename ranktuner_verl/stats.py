@@ -35,19 +35,21 @@ _LOGIT_FLOOR = -1.0e4
 EXPECTED_RANK_BIN_WIDTH = 6.0e-4
 #: Up to this vocabulary size E[R] comes from an exact sort (cheap there, and smaller than the histogram).
 _SORT_MAX_VOCAB = 8192
-#: Histogram bins handled at once (a row has ~50k): their tables are accessed at random, so keep them cache-sized.
-_HISTOGRAM_ELEMENTS = 1 << 16
-#: Elements per chunk (rows * V): 1 MiB of fp32 per temporary, small enough to stay in cache (measured best on a CPU
-#: with ``python -m ranktuner_verl.bench``; on a GPU pass a larger ``chunk_rows``).
-_CHUNK_ELEMENTS = 1 << 18
+#: Work sizes, (CPU, accelerator). A CPU wants cache-sized pieces; a GPU wants few, large kernels.
+#: Histogram bins handled at once (a row has ~50k; on a CPU their tables are accessed at random: keep them in L2).
+_HISTOGRAM_ELEMENTS = (1 << 16, 1 << 25)
+#: Logits per chunk (rows * V): 1 MiB of fp32 per temporary on a CPU (measured best with
+#: ``python -m ranktuner_verl.bench``), 256 MiB on an accelerator. ``chunk_rows`` overrides it.
+_CHUNK_ELEMENTS = (1 << 18, 1 << 26)
 
 
-def nats_to_bits(x: torch.Tensor) -> torch.Tensor:
-    return x / LN2
+def _for_device(sizes: tuple[int, int], device: torch.device | str | None) -> int:
+    return sizes[0] if device is None or torch.device(device).type == "cpu" else sizes[1]
 
 
-def default_chunk_rows(vocab_size: int) -> int:
-    return max(1, _CHUNK_ELEMENTS // max(vocab_size, 1))
+def default_chunk_rows(vocab_size: int, device: torch.device | str | None = None) -> int:
+    """Rows of logits per chunk: extra memory is a few [rows, V] fp32 temporaries."""
+    return max(1, _for_device(_CHUNK_ELEMENTS, device) // max(vocab_size, 1))
 
 
 @torch.no_grad()
@@ -73,7 +75,7 @@ def token_stats(
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     n, vocab = logits.shape
     out = {name: torch.empty(n, dtype=torch.float32, device=logits.device) for name in needs}
-    rows = chunk_rows or default_chunk_rows(vocab)
+    rows = chunk_rows or default_chunk_rows(vocab, logits.device)
     labels = labels.long()
     for start in range(0, n, rows):
         chunk = _chunk_stats(logits[start : start + rows], labels[start : start + rows], needs, top_k)
@@ -140,7 +142,7 @@ def expected_rank_binned(shifted_logits: torch.Tensor, probs: torch.Tensor,
     rows, vocab = probs.shape
     n_bins = int((2.0 * math.log(vocab) + 10.0) / bin_width) + 1
     # a few rows at a time, so that the bincount tables (random access) stay in a CPU's L2 cache
-    group = max(1, _HISTOGRAM_ELEMENTS // n_bins)
+    group = max(1, _for_device(_HISTOGRAM_ELEMENTS, probs.device) // n_bins)
     parts = [_expected_rank_of_bins(shifted_logits[i : i + group], probs[i : i + group], bin_width, n_bins)
              for i in range(0, rows, group)]
     return torch.cat(parts) if parts else probs.new_zeros(0)
