@@ -88,9 +88,10 @@ def _token_stats_as_jagged(engine, output, output_args, micro_batch, loss) -> di
 
     stats = token_stats(logits.detach(), labels, loss.engine_stat_names, **loss.stat_kwargs)
     jagged = {}
-    for name, values in stats.items():
-        if name not in loss.engine_stat_names:
-            continue
+    # sorted: the gather is a collective, so every Ulysses rank must gather the statistics in the same order (set
+    # order follows the per-process hash seed)
+    for name in sorted(loss.engine_stat_names):
+        values = stats[name]
         if use_remove_padding:
             values = engine._gather_and_unpad_packed(values, output_args["pad_size"])
         jagged[stat_key(name)] = torch.nested.nested_tensor_from_jagged(values, cu_seqlens)

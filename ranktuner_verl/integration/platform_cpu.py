@@ -223,6 +223,43 @@ def _register_cpu_engines() -> None:
             EngineRegistry.register(model_type=model_type, backend=["fsdp", "fsdp2"], device="cpu")(engine)
 
 
+def _ulysses_sdpa(sdpa):
+    """SDPA with the Ulysses all-to-all that verl 0.9.1 puts only in its flash-attention patch (no flash-attn on CPU).
+
+    A pass-through unless a Ulysses group of size > 1 is set: then (b, h, s/sp, d) shards become (b, h/sp, s, d),
+    attention runs on the whole packed sequence (causal within each sequence; each restarts at position 0) and the
+    output goes back to this rank's shard, as in ``verl.models.transformers.monkey_patch._ulysses_flash_attention_forward``.
+    """
+    from verl.utils import ulysses
+
+    @functools.wraps(sdpa)
+    def attention(module, query, key, value, attention_mask, *args, **kwargs):
+        sp, position_ids = ulysses.get_ulysses_sequence_parallel_world_size(), kwargs.get("position_ids")
+        if sp <= 1 or position_ids is None:
+            return sdpa(module, query, key, value, attention_mask, *args, **kwargs)
+        groups = query.size(1) // key.size(1)  # GQA: whole kv heads for every rank's query heads
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        query, key, value = (ulysses.gather_seq_scatter_heads(x, seq_dim=2, head_dim=1) for x in (query, key, value))
+        parts = [torch.empty_like(position_ids) for _ in range(sp)]
+        torch.distributed.all_gather(parts, position_ids, group=ulysses.get_ulysses_sequence_parallel_group())
+        seq = (torch.cat(parts, dim=-1) == 0).cumsum(-1)  # (1, s): which packed sequence each token is in
+        causal = torch.ones(seq.size(-1), seq.size(-1), dtype=torch.bool, device=seq.device).tril()
+        mask = ((seq[..., :, None] == seq[..., None, :]) & causal)[:, None]
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, dropout_p=kwargs.get("dropout", 0.0), scale=kwargs.get("scaling"))
+        return ulysses.gather_heads_scatter_seq(out, seq_dim=2, head_dim=1).transpose(1, 2).contiguous(), None
+
+    attention._ranktuner_ulysses = True
+    return attention
+
+
+def _patch_sdpa_for_ulysses() -> None:
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if not getattr(ALL_ATTENTION_FUNCTIONS["sdpa"], "_ranktuner_ulysses", False):
+        ALL_ATTENTION_FUNCTIONS["sdpa"] = _ulysses_sdpa(ALL_ATTENTION_FUNCTIONS["sdpa"])
+
+
 def install() -> bool:
     """Make verl run on CPU when no accelerator is present. Idempotent; returns True when the CPU layer is active.
 
@@ -240,4 +277,5 @@ def install() -> bool:
         verl_platform.set_platform(platform_cls())
     _patch_process_group_init()
     _register_cpu_engines()
+    _patch_sdpa_for_ulysses()
     return True

@@ -81,9 +81,10 @@ def apply_cpu_defaults(config: DictConfig) -> None:
         config.model.override_config.setdefault("attn_implementation", "sdpa")
 
 
-def prepare(config: DictConfig) -> WeightedSFTLoss:
-    """Everything that can fail before the model loads: the plugin, the loss and its parameters, the data."""
-    plugin.require()
+def prepare(config: DictConfig, for_workers: bool = False) -> WeightedSFTLoss:
+    """Everything that can fail before the model loads: the plugin (``for_workers``: also in Ray workers), the loss
+    and its parameters, the data."""
+    plugin.require(for_workers)
     loss = build_loss(config)
     validate_data(config)
     apply_cpu_defaults(config)

@@ -55,7 +55,7 @@ def run(config: DictConfig) -> None:
     import ray
     from verl.utils.device import auto_set_device
 
-    prepare(config)
+    prepare(config, for_workers=True)
     auto_set_device(config)
     if not ray.is_initialized():
         ray.init()
