@@ -47,6 +47,10 @@ def _for_device(sizes: tuple[int, int], device: torch.device | str | None) -> in
     return sizes[0] if device is None or torch.device(device).type == "cpu" else sizes[1]
 
 
+def nats_to_bits(x: torch.Tensor) -> torch.Tensor:
+    return x / LN2
+
+
 def default_chunk_rows(vocab_size: int, device: torch.device | str | None = None) -> int:
     """Rows of logits per chunk: extra memory is a few [rows, V] fp32 temporaries."""
     return max(1, _for_device(_CHUNK_ELEMENTS, device) // max(vocab_size, 1))
