@@ -48,11 +48,12 @@ class Param:
             if value not in self.choices:
                 raise ValueError(f"{method}: {name}={value!r} is not valid; use {self.describe()}")
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.integer and value != int(value)):
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or (self.integer and value != int(value))):
             raise ValueError(f"{method}: {name}={value!r} is not valid; use {self.describe()}")
         if (self.low is not None and (value <= self.low if self.low_open else value < self.low)) or (
             self.high is not None and value > self.high
-        ) or not math.isfinite(value):
+        ):
             raise ValueError(f"{method}: {name}={value!r} is out of range; use {self.describe()}")
         return int(value) if self.integer else float(value)
 

@@ -197,6 +197,8 @@ def test_unknown_name_lists_the_valid_ones():
         ("eaft", {"top_k": 2.5}, r"top_k=2.5 is not valid; use an integer"),
         ("eaft", {"alpha": 0}, r"alpha=0 is out of range; use a number > 0.0"),
         ("eaft", {"alpha": "big"}, r"alpha='big' is not valid"),
+        ("eaft", {"top_k": float("inf")}, r"top_k=inf is not valid; use an integer"),
+        ("talr", {"w_min": float("nan")}, r"w_min=nan is not valid; use a number"),
         ("deft", {"gate": "renyi"}, r"gate='renyi' is not valid; use one of 'renyi2', 'cayley'"),
         ("ranktuner", {"form": "approx"}, r"form='approx' is not valid; use one of 'practical', 'exact'"),
         ("ranktuner", {"bse": "p"}, r"unknown parameter\(s\) \['bse'\]; valid: form .*, base "),
