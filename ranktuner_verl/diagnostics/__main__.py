@@ -17,8 +17,8 @@ import pandas as pd
 
 from ..methods import METHODS
 from .examples import load_examples, tokenize_examples
-from .forward import build_methods, load_model, load_tokenizer, token_table
-from .heatmap import STAT_LABELS, panel_columns, pick_examples, write_heatmap_html, write_heatmap_png
+from .forward import build_methods, load_model, load_tokenizer, token_table, weight_columns
+from .heatmap import CHARS_PER_PANEL, STAT_LABELS, panel_columns, pick_examples, write_heatmap_html, write_heatmap_png
 from .noise import NOISE_KINDS, inject_noise, noise_table, table_markdown
 from .plots import write_plots
 from .report import run_report
@@ -52,7 +52,8 @@ def _figures(parser: argparse.ArgumentParser):
                         help=f"heat map panels: weight (every method), w:<method>, {', '.join(STAT_LABELS)}")
     parser.add_argument("--examples", type=int, nargs="+", default=None, help="example ids to draw in the heat map")
     parser.add_argument("--count", type=int, default=4, help="how many examples the heat map shows")
-    parser.add_argument("--width-px", type=int, default=None, help="heat map PNG width (default: 64 chars a panel)")
+    parser.add_argument("--width-px", type=int, default=None,
+                        help=f"heat map PNG width (default: {CHARS_PER_PANEL} characters a panel)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,8 +126,7 @@ def run(args) -> list[Path]:
         panel_columns(list(table.columns), args.color_by)
         pick_examples(table, args.examples, args.count)
     if args.command == "noise":
-        labels = [c[2:] for c in table.columns if c.startswith("w:")]
-        result = noise_table(table, labels, args.top_share, args.scope, args.seed)
+        result = noise_table(table, weight_columns(table), args.top_share, args.scope, args.seed)
         caption = (f"Noise-injection diagnosis: {int(table['is_noise'].sum())} noise tokens of {len(table)} "
                    f"({table['is_noise'].mean():.2%}), {table['example'].nunique()} responses"
                    + ("" if args.tokens else f", kind {args.kind}, rate {args.rate}, seed {args.seed}") + ".")

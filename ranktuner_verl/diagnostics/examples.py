@@ -76,7 +76,8 @@ def load_examples(path: str | Path, max_examples: int | None = None) -> list[Exa
     return [_row_to_example(row, f"{path}, row {i}") for i, row in enumerate(rows)]
 
 
-def _ids(tokenizer, text: str) -> list[int]:
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` alone (no BOS/EOS added)."""
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
@@ -99,10 +100,10 @@ def tokenize_example(tokenizer, example: Example, index: int = 0) -> TokenizedEx
     else:
         before, content = response_text[:start], example.response
         after = response_text[start + len(content):]
-    before_ids, content_ids, after_ids = _ids(tokenizer, before), _ids(tokenizer, content), _ids(tokenizer, after)
+    before_ids, content_ids, after_ids = (encode_text(tokenizer, text) for text in (before, content, after))
     return TokenizedExample(
         index=index,
-        prompt_ids=_ids(tokenizer, prompt_text),
+        prompt_ids=encode_text(tokenizer, prompt_text),
         response_ids=before_ids + content_ids + after_ids,
         content=slice(len(before_ids), len(before_ids) + len(content_ids)),
     )

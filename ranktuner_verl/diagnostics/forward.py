@@ -126,8 +126,7 @@ def response_stats(model, examples: list[TokenizedExample], needs, stat_kwargs: 
     decoder, head = model.get_decoder(), _lm_head(model)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     per_example: dict[int, dict[str, torch.Tensor]] = {}
-    n_batches = sum(1 for _ in _batches(examples, batch_tokens))
-    for batch in tqdm(_batches(examples, batch_tokens), total=n_batches, desc="forward", disable=not progress):
+    for batch in tqdm(list(_batches(examples, batch_tokens)), desc="forward", disable=not progress):
         sequences = [examples[i].prompt_ids + examples[i].response_ids for i in batch]
         width = max(map(len, sequences))
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)

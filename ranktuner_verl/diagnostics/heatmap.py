@@ -33,6 +33,7 @@ NOISE_COLOR = "#d62728"
 FONT_SIZE = 8.0  # points
 CHAR_WIDTH = 0.602 * FONT_SIZE / 72  # inches: the advance of DejaVu Sans Mono
 LINE_HEIGHT = 1.5 * FONT_SIZE / 72  # inches
+CHARS_PER_PANEL = 56  # PNG panel width in characters when no image width is given
 
 
 @dataclass
@@ -67,12 +68,12 @@ def panel_columns(available: list[str], color_by: list[str]) -> list[str]:
 def scales(table: pd.DataFrame, columns: list[str]) -> dict[str, Scale]:
     """One colour scale per panel; weight panels share the range [0, largest weight shown]."""
     weights = [c for c in columns if c.startswith("w:")]
-    top = max([float(table[c].max()) for c in weights] + [1e-12])
+    top_weight = max([float(table[c].max()) for c in weights] + [1e-12])
     result = {}
     for column in columns:
         values = table[column].to_numpy(dtype=float)
         if column.startswith("w:"):
-            result[column] = Scale(f"weight, {column[2:]}", colors.Normalize(0, top), plt.get_cmap("YlOrRd"))
+            result[column] = Scale(f"weight, {column[2:]}", colors.Normalize(0, top_weight), plt.get_cmap("YlOrRd"))
         elif column == "S":
             # S scales a weight: symmetric in ratio around 1 (S and 1/S equally far); a few outliers saturate.
             top = max(float(np.exp(np.percentile(np.abs(np.log(np.clip(values, 1e-12, None))), 98))), 1.05)
@@ -137,10 +138,10 @@ body { font-family: sans-serif; margin: 1.5em; }
 .panel { flex: 1; min-width: 0; border: 1px solid #ccc; padding: 0.5em; }
 .text { font-family: monospace; white-space: pre-wrap; line-height: 1.7; }
 .tok { border-radius: 2px; }
-.tok.noise, .noise-key { outline: 2px solid #d62728; }
+.tok.noise, .noise-key { outline: 2px solid NOISE_COLOR; }
 .legend { display: flex; gap: 2em; flex-wrap: wrap; margin-bottom: 1em; font-size: 0.85em; }
 .bar { width: 220px; height: 12px; border: 1px solid #888; }
-"""
+""".replace("NOISE_COLOR", NOISE_COLOR)
 
 
 def write_heatmap_html(table: pd.DataFrame, path: str | Path, color_by: list[str] = ("weight",),
@@ -195,7 +196,8 @@ def wrap_tokens(tokens: list[str], width: int) -> list[tuple[int, int, str]]:
 
 def write_heatmap_png(table: pd.DataFrame, path: str | Path, color_by: list[str] = ("weight",),
                       examples: list[int] | None = None, count: int = 4, width_px: int | None = None,
-                      chars_per_panel: int = 56, dpi: int = 130, title: str = "Token heat map") -> tuple[int, int]:
+                      chars_per_panel: int = CHARS_PER_PANEL, dpi: int = 130,
+                      title: str = "Token heat map") -> tuple[int, int]:
     """The heat map as a PNG (panels side by side, examples stacked); returns its (width, height) in pixels.
 
     ``width_px`` fixes the image width (the panel width in characters follows); otherwise panels are

@@ -15,14 +15,10 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from .examples import TokenizedExample
+from .examples import TokenizedExample, encode_text
 
 NOISE_KINDS = ("random", "filler", "swap")
 FILLER_WORDS = (" um", " uh", " like", " you know", " basically", " actually", " so", " well")
-
-
-def _filler_token_ids(tokenizer) -> list[list[int]]:
-    return [tokenizer(word, add_special_tokens=False)["input_ids"] for word in FILLER_WORDS]
 
 
 def _plain_vocabulary(tokenizer) -> list[int]:
@@ -86,7 +82,7 @@ def inject_noise(examples: list[TokenizedExample], tokenizer, kind: str = "rando
     if not examples:
         raise ValueError("No examples to inject noise into; pass a data file with at least one example.")
     vocabulary = _plain_vocabulary(tokenizer) if kind == "random" else None
-    fillers = _filler_token_ids(tokenizer) if kind == "filler" else None
+    fillers = [encode_text(tokenizer, word) for word in FILLER_WORDS] if kind == "filler" else None
     noisy, short = [], []
     for example in examples:
         rng = random.Random(f"{seed}:{example.index}")

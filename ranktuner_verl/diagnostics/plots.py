@@ -27,11 +27,21 @@ from .heatmap import NOISE_COLOR  # noqa: E402
 
 PANEL_SIZE = (4.2, 3.4)  # inches per panel
 PLOT_COLUMNS = ["example", "position", "token", "is_noise", "p", "rank", "entropy_bits", "expected_rank", "S"]
+NOISE_REGION_BAND = 0.05
+
+
+def in_noise_region(table: pd.DataFrame, band: float = NOISE_REGION_BAND) -> np.ndarray:
+    """Mask of the tokens in RankTuner's noise region |S_t - 1| < ``band``."""
+    return np.abs(table["S"].to_numpy(dtype=float) - 1) < band
+
+
+def _rows_cols(n_panels: int) -> tuple[int, int]:
+    ncols = min(3, n_panels)
+    return math.ceil(n_panels / ncols), ncols
 
 
 def _grid(n: int, dpi: int):
-    ncols = min(3, n)
-    nrows = math.ceil(n / ncols)
+    nrows, ncols = _rows_cols(n)
     fig, axes = plt.subplots(nrows, ncols, figsize=(PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * nrows), dpi=dpi,
                              squeeze=False)
     for ax in axes.flat[n:]:
@@ -41,8 +51,8 @@ def _grid(n: int, dpi: int):
 
 def figure_size_px(n_panels: int, dpi: int) -> tuple[int, int]:
     """The pixel size of a plot with ``n_panels`` panels (at most three per row)."""
-    ncols = min(3, n_panels)
-    return round(PANEL_SIZE[0] * ncols * dpi), round(PANEL_SIZE[1] * math.ceil(n_panels / ncols) * dpi)
+    nrows, ncols = _rows_cols(n_panels)
+    return round(PANEL_SIZE[0] * ncols * dpi), round(PANEL_SIZE[1] * nrows * dpi)
 
 
 def _sample(table: pd.DataFrame, max_points: int, seed: int) -> pd.DataFrame:
@@ -162,14 +172,13 @@ def write_plots(table: pd.DataFrame, out_dir: str | Path, dpi: int = 120, max_po
     }
 
 
-def write_scale_histogram(table: pd.DataFrame, path: str | Path, band: float = 0.05, dpi: int = 120,
+def write_scale_histogram(table: pd.DataFrame, path: str | Path, band: float = NOISE_REGION_BAND, dpi: int = 120,
                           bins: int = 60) -> Path:
     """A histogram of RankTuner's S_t with the noise region |S_t - 1| < ``band`` shaded and its share printed."""
-    scale = table["S"].to_numpy(dtype=float)
-    share = float(np.mean(np.abs(scale - 1) < band))
+    share = float(in_noise_region(table, band).mean())
     fig, ax = plt.subplots(figsize=PANEL_SIZE, dpi=dpi)
     ax.axvspan(1 - band, 1 + band, color="#bbbbbb", alpha=0.5, label=f"noise region |S-1| < {band:g}: {share:.1%}")
-    ax.hist(scale, bins=bins, color="#4c72b0", alpha=0.85)
+    ax.hist(table["S"].to_numpy(dtype=float), bins=bins, color="#4c72b0", alpha=0.85)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xlabel("S_t (RankTuner relative scale)")
     ax.set_ylabel("tokens")

@@ -14,16 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..methods import METHODS
 from .examples import load_examples, tokenize_examples
 from .forward import build_methods, load_model, load_tokenizer, resolve_model_dir, token_table, weight_columns
-from .plots import write_scale_histogram, write_weight_histograms
-
-NOISE_REGION_BAND = 0.05
+from .plots import NOISE_REGION_BAND, in_noise_region, write_scale_histogram, write_weight_histograms
 
 
 def weight_summary(table: pd.DataFrame, band: float = NOISE_REGION_BAND) -> pd.DataFrame:
     """Per method: mean and percentiles of w_t, and the mean weight inside and outside the noise region."""
-    in_region = np.abs(table["S"].to_numpy(dtype=float) - 1) < band
+    in_region = in_noise_region(table, band)
     rows = []
     for method in weight_columns(table):
         w = table[f"w:{method}"].to_numpy(dtype=float)
@@ -47,7 +46,7 @@ def write_report(table: pd.DataFrame, out_dir: str | Path, source: dict, band: f
         "mean_nll": float(-table["log_prob"].mean()),
         "mean_p": float(table["p"].mean()),
         "noise_region_band": band,
-        "noise_region_share": float(np.mean(np.abs(table["S"] - 1) < band)),
+        "noise_region_share": float(in_noise_region(table, band).mean()),
         "methods": summary.set_index("method").to_dict(orient="index"),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,8 +77,6 @@ def run_report(model_dir: str | Path, data_path: str | Path, out_dir: str | Path
                dtype: str = "auto", progress: bool = True) -> Path:
     """Load the model (an HF dir or a verl checkpoint with ``huggingface/`` weights), score ``data_path`` and write
     the report to ``out_dir``. Call it at the end of a run or on any checkpoint."""
-    from ..methods import METHODS
-
     chosen = build_methods(list(methods or METHODS))
     model_dir = resolve_model_dir(model_dir)
     tokenizer = load_tokenizer(model_dir)

@@ -1,5 +1,6 @@
 """Heat maps and plots from a real token table of the tiny model (with injected noise)."""
 
+import json
 from html.parser import HTMLParser
 
 import numpy as np
@@ -9,7 +10,7 @@ from PIL import Image
 
 from ranktuner_verl.diagnostics.examples import load_examples, tokenize_examples
 from ranktuner_verl.diagnostics.forward import build_methods, load_model, load_tokenizer, token_table
-from ranktuner_verl.diagnostics.heatmap import write_heatmap_html, write_heatmap_png
+from ranktuner_verl.diagnostics.heatmap import scales, write_heatmap_html, write_heatmap_png
 from ranktuner_verl.diagnostics.noise import inject_noise
 from ranktuner_verl.diagnostics.plots import figure_size_px, write_plots
 from ranktuner_verl.diagnostics.report import write_report
@@ -65,6 +66,13 @@ def test_png_heat_map_has_the_requested_width(table, tmp_path):
     assert pixels.std() > 10 and reds.any()  # coloured tokens, red outlines on the noise
 
 
+def test_weight_scale_does_not_depend_on_the_panel_order(table):
+    """Weight panels span [0, largest weight], whether S (with its own range) comes before or after them."""
+    for order in (["w:dft", "S"], ["S", "w:dft"]):
+        norm = scales(table, order)["w:dft"].norm
+        assert (norm.vmin, norm.vmax) == (0, pytest.approx(table["w:dft"].max())), order
+
+
 def test_heat_map_refuses_unknown_columns_and_examples(table, tmp_path):
     with pytest.raises(ValueError, match="Cannot colour tokens by 'w:deft'.*w:dft"):
         write_heatmap_html(table, tmp_path / "h.html", color_by=["w:deft"])
@@ -87,8 +95,6 @@ def test_plots_and_their_data(table, tmp_path):
 
 def test_report_numbers(table, tmp_path):
     write_report(table, tmp_path, {"model": "tiny"})
-    import json
-
     numbers = json.loads((tmp_path / "report.json").read_text())
     assert numbers["noise_region_share"] == pytest.approx(np.mean(np.abs(table["S"] - 1) < 0.05))
     assert numbers["methods"]["dft"]["mean"] == pytest.approx(table["p"].mean(), rel=1e-5)
