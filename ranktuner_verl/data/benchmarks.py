@@ -118,15 +118,16 @@ def _answer_text(value) -> str:
 
 
 def _normalise(row: dict, number: int, origin: str) -> Problem:
-    from ranktuner_verl.eval.grading import extract_answer
+    from ranktuner_verl.eval.grading import last_boxed
 
     question = _first_present(row, QUESTION_FIELDS)
     answer = _first_present(row, ANSWER_FIELDS)
-    if answer is None and isinstance(row.get("solution"), str):
-        answer = extract_answer(row["solution"]) if "\\boxed" in row["solution"] else None
-    if question is None or answer is None or not _answer_text(answer):
+    if answer is None and isinstance(row.get("solution"), str) and "\\boxed" in row["solution"]:
+        answer = last_boxed(row["solution"])
+    answer = None if answer is None else _answer_text(answer)
+    if question is None or not answer:
         missing = "a question (field problem or question)" if question is None else (
             "a gold answer (field answer, final_answer, or a \\boxed{} in solution)")
         raise ValueError(f"{origin}: row {number} lacks {missing}; its fields are {sorted(row)}")
     row_id = _first_present(row, ID_FIELDS)
-    return Problem(id=str(number if row_id is None else row_id), question=str(question), answer=_answer_text(answer))
+    return Problem(id=str(number if row_id is None else row_id), question=str(question), answer=answer)

@@ -54,8 +54,9 @@ def prepare(out_dir: str | Path, source: str = DEFAULT_SOURCE, num_rows: int | N
         raise FileExistsError(f"{out_dir} already holds {', '.join(existing)}; pass --overwrite to replace them "
                               f"or choose another --out-dir")
 
+    sample_seed = seed if sample is not None else None
     wanted = train_size + val_size
-    rows = _read_rows(source, wanted, sample_seed=seed if sample is not None else None)
+    rows = _read_rows(source, wanted, sample_seed)
     if len(rows) < wanted:
         raise ValueError(f"{source} has {len(rows)} rows, fewer than the {train_size} training + {val_size} "
                          f"validation rows asked for; lower --num-rows/--sample or --val-size")
@@ -69,7 +70,7 @@ def prepare(out_dir: str | Path, source: str = DEFAULT_SOURCE, num_rows: int | N
     summary = {
         "source": source,
         "selection": "sample" if sample is not None else "first",
-        "seed": seed if sample is not None else None,
+        "seed": sample_seed,
         "system_prompt": system_prompt,
         "rows_read": len(rows),
         "train_rows": len(train),

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ranktuner_verl.data.benchmarks import Problem
+from ranktuner_verl.data.jsonl import read_jsonl
 from ranktuner_verl.data.prompts import COT_SYSTEM_PROMPT, to_messages
 
 logger = logging.getLogger(__name__)
@@ -383,7 +384,7 @@ def read_problems(out_dir: str | Path) -> list[Problem]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {out_dir} holds no generation results "
                                 f"(python -m ranktuner_verl.eval run ... writes them)")
-    return [Problem(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [Problem(**row) for row in read_jsonl(path)]
 
 
 def write_problems(out_dir: str | Path, problems: Iterable[Problem]) -> None:

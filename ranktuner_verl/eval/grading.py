@@ -50,6 +50,7 @@ _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _FINAL_ANSWER = re.compile(r"final answer\s*(?:is|:)\s*:?", re.IGNORECASE)
 _THE_ANSWER = re.compile(r"(?:the answer is|answer\s*:)\s*:?", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d*\.?\d+")
+_MATH_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 
 
 def _braced_content(text: str, open_at: int) -> str | None:
@@ -71,7 +72,7 @@ def _braced_content(text: str, open_at: int) -> str | None:
     return None
 
 
-def _last_boxed(text: str) -> str | None:
+def last_boxed(text: str) -> str | None:
     """Content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` (or ``\\boxed 5``); an unclosed one is skipped."""
     for match in reversed(list(_BOX_COMMAND.finditer(text))):
         rest = match.end()
@@ -94,7 +95,7 @@ def _answer_after(anchor: re.Pattern, text: str) -> str | None:
     if not matches:
         return None
     rest = text[matches[-1].end() :].lstrip()
-    for opener, closer in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+    for opener, closer in _MATH_DELIMITERS:
         if rest.startswith(opener):
             end = rest.find(closer, len(opener))
             if end > 0:
@@ -111,7 +112,7 @@ def extract_answer(text: str) -> str | None:
     """
     if not text:
         return None
-    for extract in (_last_boxed, lambda t: _answer_after(_FINAL_ANSWER, t), lambda t: _answer_after(_THE_ANSWER, t)):
+    for extract in (last_boxed, lambda t: _answer_after(_FINAL_ANSWER, t), lambda t: _answer_after(_THE_ANSWER, t)):
         answer = extract(text)
         if answer is not None:
             return answer
@@ -163,7 +164,7 @@ def _tidy(answer: str) -> str:
     """Drop what only dresses an answer: ``$``/``\\(``/``\\[`` delimiters, a trailing full stop, a ``\\text{}`` around
     the whole answer (AoPS writes ``\\boxed{\\textbf{(073)}}``)."""
     answer = answer.strip()
-    for opener, closer in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+    for opener, closer in _MATH_DELIMITERS:
         if answer.startswith(opener) and answer.endswith(closer) and len(answer) > len(opener) + len(closer):
             answer = answer[len(opener) : -len(closer)].strip()
             break

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ranktuner_verl.data.benchmarks import BENCHMARKS
+from ranktuner_verl.eval.generate import write_text_atomic
 
 METRICS_FILE = "metrics.json"
 DISPLAY_NAMES = {"math500": "MATH500", "minerva_math": "Minerva", "olympiadbench": "OlympiadBench",
@@ -93,7 +94,7 @@ def collect_table(run_dirs: list[str | Path], labels: list[str] | None = None,
     return build_table({label: load_run(d) for label, d in zip(labels, run_dirs)}, ks)
 
 
-def _header(table: Table, group: str, k: int) -> str:
+def _header(group: str, k: int) -> str:
     return f"{DISPLAY_NAMES.get(group, group)} Pass@{k}"
 
 
@@ -107,7 +108,7 @@ def _cell(table: Table, run: str, column: tuple[str, int], bold: str) -> str:
 
 def to_markdown(table: Table) -> str:
     """A GitHub Markdown table; best per column in bold."""
-    header = ["Run", *(_header(table, *c) for c in table.columns)]
+    header = ["Run", *(_header(*c) for c in table.columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
     for run in table.runs:
         lines.append("| " + " | ".join([run, *(_cell(table, run, c, "**{}**") for c in table.columns)]) + " |")
@@ -149,8 +150,6 @@ def to_latex(table: Table) -> str:
 
 def write_tables(table: Table, out_prefix: str | Path) -> list[Path]:
     """Write ``<out_prefix>.md``, ``.csv`` and ``.tex``; all three are rendered before any is written."""
-    from ranktuner_verl.eval.generate import write_text_atomic
-
     out_prefix = Path(out_prefix)
     rendered = {".md": to_markdown(table), ".csv": to_csv(table), ".tex": to_latex(table)}
     out_prefix.parent.mkdir(parents=True, exist_ok=True)

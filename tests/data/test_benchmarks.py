@@ -50,6 +50,7 @@ def test_aliases_file_paths_and_limit(benchmark_dir):
     ("empty benchmark", ValueError, "has no problems"),
     ("wrong column", ValueError, "row 1 lacks a question (field problem or question)"),
     ("no gold answer", ValueError, "row 0 lacks a gold answer"),
+    ("unclosed box", ValueError, "row 0 lacks a gold answer"),  # no fall-back to "the answer is ..." text
     ("not json", ValueError, "aime24.jsonl:2 is not valid JSON"),
 ])
 def test_bad_input_gets_a_clear_message(case, error, message, tmp_path):
@@ -59,6 +60,7 @@ def test_bad_input_gets_a_clear_message(case, error, message, tmp_path):
         "empty benchmark": ["", "  "],
         "wrong column": [json.dumps(good), json.dumps({"id": 2, "prompt": "What is 2+2?", "answer": "4"})],
         "no gold answer": [json.dumps({"id": 1, "problem": "Prove it.", "solution": "Clear."})],
+        "unclosed box": [json.dumps({"id": 1, "problem": "What is 2+2?", "solution": "So the answer is \\boxed{4"})],
         "not json": [json.dumps(good), "{'id': 2}"],
     }.get(case)
     if lines is not None:

@@ -20,6 +20,7 @@ from ranktuner_verl.eval.grading import Grade, extract_answer, grade, grade_many
     ("first \\boxed{1}, then \\boxed{2}", "2"),
     ("\\boxed{\\left\\{ 1, \\sqrt{\\frac{a}{b}} \\right\\}}", "\\left\\{ 1, \\sqrt{\\frac{a}{b}} \\right\\}"),
     ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),  # escaped braces neither open nor close
+    ("\\boxed{\\left\\{ x \\mid x > 0 \\right.}", "\\left\\{ x \\mid x > 0 \\right."),  # an unmatched escaped brace
     ("the result is \\fbox{7}", "7"),
     ("hence \\boxed 5 and done", "5"),
     ("\\boxed{3} was a guess; the truth is \\boxed{4", "3"),  # an unclosed (truncated) box is skipped

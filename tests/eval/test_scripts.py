@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from ranktuner_verl.data.jsonl import read_jsonl
+
 REPO = Path(__file__).parents[2]
 EVAL_SH = REPO / "scripts" / "eval.sh"
 BENCHMARK = "amc23"
@@ -23,10 +25,6 @@ def run_eval_sh(*args, env: dict | None = None, timeout: int = 240) -> subproces
                **(env or {})}
     return subprocess.run(["bash", str(EVAL_SH), *map(str, args)], cwd=REPO, env=run_env, capture_output=True,
                           text=True, timeout=timeout)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.mark.slow
