@@ -8,7 +8,7 @@
 # Stages with outputs are skipped when run again: data (train.parquet), training (the checkpoint tracker, which verl
 # writes at the last step when trainer.save_freq=-1, its default), finished samples (evaluation resumes), so the
 # script can simply be run again after an interruption.
-# Setup and numbers: docs/METHODS.md ("The paper's setup"): 4 x A800 80GB, lr 5e-5 cosine, warmup 0.1, batch 256,
+# Setup and numbers: docs/methods.md ("The paper's setup"): 4 x A800 80GB, lr 5e-5 cosine, warmup 0.1, batch 256,
 # max length 2048, 1 epoch; 16 samples at temperature 1.0, top_p 1.0, 4096 new tokens.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,7 +5,7 @@
     python -m ranktuner_verl.data.numina --out-dir DIR --source local.parquet|.jsonl  # a local copy, same schema
 
 Each row becomes ``messages`` = [system: the Qwen2.5-Math CoT prompt, user: problem, assistant: solution] (the
-paper's setup, docs/METHODS.md), plus ``source`` (NuminaMath's sub-source) and ``row_index`` (the row in the source).
+paper's setup, docs/methods.md), plus ``source`` (NuminaMath's sub-source) and ``row_index`` (the row in the source).
 Training rows are the first N rows of the source (or a seeded sample of it); the validation rows are the next
 ``--val-size`` rows (or more sampled rows), so they never overlap the training set and the training set is exactly
 the paper's. A row whose problem or solution is missing or blank is skipped and reported (on stderr and in

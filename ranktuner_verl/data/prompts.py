@@ -1,7 +1,7 @@
 """The chat format of training and evaluation: the Qwen2.5-Math chain-of-thought prompt.
 
 Used for the SFT data (``numina``), the tiny fixtures (``tiny``) and generation (``ranktuner_verl.eval``), so the
-model is trained and evaluated under the same system prompt (the paper's setup, docs/METHODS.md).
+model is trained and evaluated under the same system prompt (the paper's setup, docs/methods.md).
 """
 
 from __future__ import annotations

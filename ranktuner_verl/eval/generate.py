@@ -6,7 +6,7 @@
 Both run data parallel on request: one process per replica, each pinned to its own GPUs (or CPU cores).
 
 The prompt is the model's chat template applied to the Qwen2.5-Math CoT system prompt and the problem as the user
-turn (METHODS.md, "The paper's setup"). Sampling defaults are the paper's: n = 16, temperature 1.0, top_p 1.0,
+turn (docs/methods.md, "The paper's setup"). Sampling defaults are the paper's: n = 16, temperature 1.0, top_p 1.0,
 4096 new tokens, seed 0; no top-k, no repetition penalty, whatever the model's generation_config says.
 
 Every sample is its own request with its own seed, derived from (seed, problem id, sample index), so a sample's

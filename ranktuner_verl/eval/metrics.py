@@ -7,7 +7,7 @@ on Code", eq. 1)
     pass@k = 1 - C(n - c, k) / C(n, k)
 
 averaged over problems. Pass@1 is then the mean accuracy over all samples, the paper's "Pass@1 = mean accuracy
-over the 16 samples" (METHODS.md, "The paper's setup"); Pass@n is the share of problems solved at least once.
+over the 16 samples" (docs/methods.md, "The paper's setup"); Pass@n is the share of problems solved at least once.
 """
 
 from __future__ import annotations
