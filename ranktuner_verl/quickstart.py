@@ -54,6 +54,7 @@ def main(argv=None) -> None:
                                               "trainer.total_epochs=1000"], run_dir, nproc=args.nproc)
 
     for loss, run in runs.items():
+        run_dir = out / "runs" / loss
         print(f"\n== loss={loss} ==")
         keys = [(key, title) for key, title in COLUMNS if key == "step" or run.values(key)]
         print("  ".join(f"{title:>10}" for _, title in keys))
@@ -61,8 +62,9 @@ def main(argv=None) -> None:
             if "train/loss" in record["data"]:
                 row = [record["step"]] + [record["data"][key] for key, _ in keys[1:]]
                 print("  ".join(f"{v:>10d}" if isinstance(v, int) else f"{v:>10.4f}" for v in row))
-        checkpoints = sorted((out / "runs" / loss / "ckpt").glob("global_step_*"))
-        print(f"checkpoint: {checkpoints[-1] if checkpoints else 'none'}   log: {out / 'runs' / loss / 'output.log'}")
+        # this run's checkpoint: verl saves at the last step (an --out-dir reused may hold older global_step_* too)
+        checkpoint = run_dir / "ckpt" / f"global_step_{args.steps}"
+        print(f"checkpoint: {checkpoint if checkpoint.is_dir() else 'none'}   log: {run_dir / 'output.log'}")
     print("\nloss = verl's logged loss (our weighted loss); nll = plain NLL; w = token weights over supervised tokens;"
           "\n|S-1|<.05 = share of tokens RankTuner leaves at their base weight.")
 

@@ -42,10 +42,8 @@ def install() -> None:
     @functools.wraps(original)
     def prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func):
         model_output = original(self, output, output_args, micro_batch, logits_processor_func)
-        stat_names = getattr(logits_processor_func, "engine_stat_names", None)
-        if stat_names is None or not _is_our_loss(logits_processor_func):
-            return model_output
-        if stat_names:
+        # the getattr is the cheap filter for verl's own loss functions; the isinstance makes sure the loss is ours
+        if getattr(logits_processor_func, "engine_stat_names", None) and _is_our_loss(logits_processor_func):
             model_output.update(_token_stats_as_jagged(self, output, output_args, micro_batch, logits_processor_func))
         return model_output
 

@@ -5,7 +5,7 @@
 with m_t the loss mask rolled left by one (aligned with the log-probs), N_global the supervised tokens of the whole
 batch over all data-parallel ranks: exactly the normalisation of verl 0.9.1 ``verl.workers.utils.losses.sft_loss``
 (verl PR #3994), so summing the micro-batch losses and averaging over ranks gives the global token mean.
-w_t = ``method.weights(stats, mask)`` (docs/METHODS.md); ``loss=sft`` has w_t = 1 and equals verl's loss exactly.
+w_t = ``method.weights(stats, mask)`` (docs/methods.md); ``loss=sft`` has w_t = 1 and equals verl's loss exactly.
 """
 
 from __future__ import annotations
@@ -59,15 +59,16 @@ class WeightedSFTLoss:
                     "installed (pip install -e .) and that VERL_USE_EXTERNAL_PLUGINS allows 'ranktuner_verl'."
                 )
             stats[name] = model_output[stat_key(name)].values()
-        weights = self.method.weights(stats, mask=mask.bool()).detach().to(log_prob.dtype)
+        supervised = mask.bool()
+        weights = self.method.weights(stats, mask=supervised).detach().to(log_prob.dtype)
 
         # same operations in the same order as sft_loss, so loss=sft matches it bit for bit
         loss = -masked_sum(weights * log_prob, mask) / data["batch_num_tokens"] * data["dp_size"]
-        metrics = self._metrics(log_prob.detach(), weights, mask.bool(), stats)
+        metrics = self._metrics(weights, supervised, stats)
         return loss, metrics
 
-    def _metrics(self, log_prob, weights, mask, stats) -> dict:
-        selected = weights[mask].float()
+    def _metrics(self, weights, mask, stats) -> dict:
+        log_prob, selected = stats["log_prob"], weights[mask].float()
         metrics = {
             NLL_SUM: -log_prob[mask].double().sum().item(),
             WEIGHTED_SUM: -(weights * log_prob)[mask].double().sum().item(),
@@ -77,8 +78,8 @@ class WeightedSFTLoss:
         if self.method.name == "ranktuner":
             from ranktuner_verl.methods import relative_scale
 
-            form = self.method.params.get("form", "practical")
-            metrics[SCALES] = relative_scale({k: v[mask] for k, v in stats.items()}, form=form).float().cpu()
+            metrics[SCALES] = relative_scale({k: v[mask] for k, v in stats.items()},
+                                             form=self.method.params["form"]).float().cpu()
         return metrics
 
 

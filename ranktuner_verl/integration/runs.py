@@ -26,6 +26,10 @@ class Run:
         """The value of metric ``key`` at every step that logged it."""
         return [r["data"][key] for r in self.records if key in r["data"]]
 
+    def trained_steps(self) -> list[int]:
+        """The steps that trained (logged verl's ``train/loss``)."""
+        return [r["step"] for r in self.records if "train/loss" in r["data"]]
+
 
 def run_trainer(overrides: list[str], out_dir: str | Path, *, module: str = TRAINER, nproc: int = 1,
                 ray: bool = False, env: dict | None = None, check: bool = True, timeout: int = 1800) -> Run:

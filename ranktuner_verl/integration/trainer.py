@@ -91,14 +91,20 @@ def prepare(config: DictConfig, for_workers: bool = False) -> WeightedSFTLoss:
     return loss
 
 
+def use_weighted_loss(trainer, step_metrics_client: type[StepMetricsClient]) -> None:
+    """After verl's ``_build_engine``: give the trainer's training client the loss named by ``config.loss`` in place of
+    verl's ``sft_loss``, and wrap the client in ``step_metrics_client`` (torchrun and Ray trainers alike)."""
+    trainer.loss_fn = build_loss(trainer.config)
+    trainer.training_client.set_loss_fn(loss_fn=trainer.loss_fn)
+    trainer.training_client = step_metrics_client(trainer.training_client)
+
+
 class RankTunerSFTTrainer(SFTTrainer):
     """verl's SPMD SFT trainer with the loss named by ``config.loss``."""
 
     def _build_engine(self):
         super()._build_engine()
-        self.loss_fn = build_loss(self.config)
-        self.training_client.set_loss_fn(loss_fn=self.loss_fn)
-        self.training_client = StepMetricsClient(self.training_client)
+        use_weighted_loss(self, StepMetricsClient)
 
 
 class StepMetricsClient:
@@ -112,7 +118,11 @@ class StepMetricsClient:
 
     def train_batch(self, *args, **kwargs):
         started = time.perf_counter()
-        return with_reduced_metrics(self._client.train_batch(*args, **kwargs), started)
+        return self._reduced(self._client.train_batch(*args, **kwargs), started)
+
+    @staticmethod
+    def _reduced(output, started: float):
+        return with_reduced_metrics(output, started)
 
 
 def with_reduced_metrics(output, started: float):

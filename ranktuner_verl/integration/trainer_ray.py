@@ -10,12 +10,12 @@ starts a local one.
 
 from __future__ import annotations
 
-import time
-
 import hydra
 from omegaconf import DictConfig
 
-from ranktuner_verl.integration.trainer import CONFIG_DIR, CONFIG_NAME, build_loss, prepare, with_reduced_metrics
+from ranktuner_verl.integration.trainer import (
+    CONFIG_DIR, CONFIG_NAME, StepMetricsClient, prepare, use_weighted_loss, with_reduced_metrics,
+)
 
 from verl.trainer.sft_trainer_ray import SFTTrainer as VerlRaySFTTrainer  # noqa: E402  (after the plugin)
 
@@ -25,22 +25,15 @@ class RankTunerRaySFTTrainer(VerlRaySFTTrainer):
 
     def _build_engine(self):
         super()._build_engine()
-        self.loss_fn = build_loss(self.config)
-        self.training_client.set_loss_fn(loss_fn=self.loss_fn)
-        self.training_client = _StepMetricsWorkerGroup(self.training_client)
+        use_weighted_loss(self, _StepMetricsWorkerGroup)
 
 
-class _StepMetricsWorkerGroup:
-    """A Ray worker group whose ``train_batch`` result, once fetched, carries our metrics reduced per step."""
+class _StepMetricsWorkerGroup(StepMetricsClient):
+    """A Ray worker group: ``train_batch`` returns a future, whose result carries our metrics reduced per step."""
 
-    def __init__(self, worker_group):
-        self._worker_group = worker_group
-
-    def __getattr__(self, name):
-        return getattr(self._worker_group, name)
-
-    def train_batch(self, *args, **kwargs):
-        return _ReducedOnGet(self._worker_group.train_batch(*args, **kwargs), time.perf_counter())
+    @staticmethod
+    def _reduced(future, started: float):
+        return _ReducedOnGet(future, started)
 
 
 class _ReducedOnGet:

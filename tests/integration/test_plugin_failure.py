@@ -26,10 +26,6 @@ def one_step_overrides(tiny, out_dir, *extra):
         "loss=ranktuner", "trainer.total_epochs=1", *extra]
 
 
-def trained_steps(run) -> list[int]:
-    return [record["step"] for record in run.records if "train/loss" in record["data"]]
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # real trainers
 # ---------------------------------------------------------------------------------------------------------------------
@@ -40,7 +36,7 @@ def test_torchrun_trainer_loads_its_plugin_itself_when_verl_plugins_are_disabled
     """With verl's plugin discovery off, our trainer still has the engine hook: RankTuner's statistics are logged."""
     run = run_trainer(one_step_overrides(tiny, tmp_path), tmp_path, module=TRAINER, env=NO_VERL_PLUGINS, check=False)
     assert run.returncode == 0, run.output[-4000:]
-    assert trained_steps(run) == [1]
+    assert run.trained_steps() == [1]
     near_one = run.values("train/s_near_one")  # computed from the hook's rank/entropy statistics
     assert len(near_one) == 1 and math.isfinite(near_one[0]) and 0 <= near_one[0] <= 1
     assert MISSING_STATISTIC not in run.output
@@ -53,7 +49,7 @@ def test_ray_trainer_refuses_to_start_when_its_workers_would_lack_the_plugin(tin
     overrides = one_step_overrides(tiny, tmp_path, "trainer.n_gpus_per_node=1")
     run = run_trainer(overrides, tmp_path, module=RAY_TRAINER, ray=True, env=env, check=False, timeout=300)
     assert run.returncode != 0
-    assert trained_steps(run) == []
+    assert run.trained_steps() == []
     assert "The Ray workers would not load the ranktuner_verl plugin" in run.output, run.output[-3000:]
     assert "VERL_USE_EXTERNAL_PLUGINS" in run.output and "pip install -e ." in run.output
     assert "Started a local Ray instance" not in run.output and "NCCL" not in run.output

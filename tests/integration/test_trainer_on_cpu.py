@@ -2,17 +2,15 @@
 
 Every run is a real subprocess (torchrun or the Ray driver) of the real verl trainer, on CPU, in fp32; its per-step
 metrics come back from verl's own file logger. A run is a few seconds of training and ~10 s of imports, so runs are
-module-scoped and shared between tests.
+shared between tests (the session fixture ``runs``, conftest).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
 import pytest
 
-from ranktuner_verl.integration.runs import RAY_TRAINER, TRAINER, run_trainer, tiny_overrides
+from ranktuner_verl.integration.runs import RAY_TRAINER, run_trainer, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -22,27 +20,8 @@ FP32_TOL = 1e-6
 BATCH = 8  # = the tiny dataset's size (conftest): every step sees the same batch
 
 
-def base_overrides(tiny: Path, out_dir: Path, steps: int = 3) -> list[str]:
-    return tiny_overrides(tiny / "model", tiny / "train.parquet", out_dir, steps=steps, batch=BATCH) + [
-        f"trainer.total_epochs={steps}", "optim.lr=1e-2"]
-
-
 # What the stock verl trainer needs on CPU (our trainers apply these themselves, see trainer.apply_cpu_defaults).
 STOCK_CPU_OVERRIDES = ["trainer.device=cpu", "engine.strategy=fsdp2", "+model.override_config.attn_implementation=sdpa"]
-
-
-@pytest.fixture(scope="module")
-def runs(tiny, tmp_path_factory):
-    """``runs(name, module, extra_overrides, **kw)``: run once per name, return the ``Run``."""
-    cache = {}
-
-    def run(name, module=TRAINER, extra=(), **kwargs):
-        if name not in cache:
-            out = tmp_path_factory.mktemp(name)
-            cache[name] = run_trainer(base_overrides(tiny, out) + list(extra), out, module=module, **kwargs)
-        return cache[name]
-
-    return run
 
 
 def reference_ranktuner(runs):
@@ -125,14 +104,13 @@ def test_resume_from_checkpoint_continues_like_an_uninterrupted_run(tiny, tmp_pa
     reference = run("full", ["trainer.save_freq=1"])
     checkpoint = tmp_path / "full" / "ckpt" / "global_step_1"
     resumed = run("resumed", ["trainer.resume_mode=resume_path", f"trainer.resume_from_path={checkpoint}"])
-    assert [r["step"] for r in resumed.records if "train/loss" in r["data"]] == [2, 3]
+    assert resumed.trained_steps() == [2, 3]
     for key in ("train/loss", "train/nll", "train/weight_mean"):
         assert_close(resumed.values(key), reference.values(key)[1:])
 
 
-def test_the_cli_stops_before_training_on_a_bad_parameter(tiny, tmp_path):
-    overrides = base_overrides(tiny, tmp_path) + ["loss=ranktuner", "loss.form=bogus"]
-    result = run_trainer(overrides, tmp_path, check=False)
+def test_the_cli_stops_before_training_on_a_bad_parameter(runs):
+    result = runs("ranktuner_bad_form", extra=["loss=ranktuner", "loss.form=bogus"], check=False)
     output = result.output
     assert result.returncode != 0
     assert "form='bogus' is not valid" in output and "'practical', 'exact'" in output

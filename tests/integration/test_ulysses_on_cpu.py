@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_trainer_on_cpu import assert_close, reference_ranktuner, runs  # noqa: F401 (fixture)
+from test_trainer_on_cpu import assert_close, reference_ranktuner
 
 pytestmark = pytest.mark.slow
 
