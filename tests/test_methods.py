@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ranktuner_verl import METHODS, get_method, relative_scale, token_stats, token_weights, weighted_nll
+from ranktuner_verl import METHODS, get_method, relative_scale, token_weights, weighted_nll
 from ranktuner_verl.methods import guessing_entropy_bound, rank_exponent
 
 LN2 = math.log(2)

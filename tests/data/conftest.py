@@ -1,4 +1,4 @@
-"""Fixtures for the data tests: the real benchmark copies, small files in NuminaMath-CoT's real schema."""
+"""Fixtures for the data tests: small files in NuminaMath-CoT's real schema (the benchmark folder: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
-EVAL_DATA = Path(__file__).parents[2] / ".." / "shared" / "data" / "eval"
-
-
-@pytest.fixture(scope="session")
-def benchmark_dir() -> Path:
-    """The real benchmark copies in ../shared/data/eval (read in place, never copied into the repo)."""
-    assert (EVAL_DATA / "math_oai.jsonl").is_file(), f"benchmark files missing under {EVAL_DATA.resolve()}"
-    return EVAL_DATA
-
 
 def numina_rows(n: int, seed: int = 0) -> list[dict]:
     """``n`` rows in AI-MO/NuminaMath-CoT's schema: source, problem, solution, messages (user + assistant turns)."""

@@ -12,33 +12,33 @@ SIZES = {"math500": 500, "minerva_math": 272, "olympiadbench": 675, "aime24": 30
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
-def test_real_files_load_whole_and_normalised(name, benchmark_dir):
-    problems = load_benchmark(name, benchmark_dir)
+def test_real_files_load_whole_and_normalised(name, eval_data_dir):
+    problems = load_benchmark(name, eval_data_dir)
     assert len(problems) == SIZES[name]
     assert all(isinstance(p, Problem) and p.question.strip() and p.answer.strip() for p in problems)
     assert len({p.id for p in problems}) == len(problems)
     assert not any("$" in p.answer.replace("\\$", "") for p in problems)  # math delimiters dropped
 
 
-def test_gold_answers_come_from_each_schema(benchmark_dir):
+def test_gold_answers_come_from_each_schema(eval_data_dir):
     """One normaliser, five schemas: answer, a float answer, final_answer lists, the \\boxed{} of a solution."""
-    first = {name: load_benchmark(name, benchmark_dir, limit=1)[0] for name in BENCHMARKS}
+    first = {name: load_benchmark(name, eval_data_dir, limit=1)[0] for name in BENCHMARKS}
     assert first["math500"].answer == "\\left( 3, \\frac{\\pi}{2} \\right)"  # the answer field
     assert first["math500"].id == "test/precalculus/807.json"
     assert first["minerva_math"].answer == "1.6"  # last \boxed{} of the solution
     assert first["olympiadbench"].answer == "2"  # final_answer ['2']
     assert first["aime24"].answer == "204"
     assert first["amc23"].answer == "27"  # 27.0 in the file
-    olympiad = {p.id: p.answer for p in load_benchmark("olympiadbench", benchmark_dir)}
-    raw = {str(r["id"]): r["final_answer"] for r in map(json.loads, open(benchmark_dir / "olympiadbench.jsonl"))}
+    olympiad = {p.id: p.answer for p in load_benchmark("olympiadbench", eval_data_dir)}
+    raw = {str(r["id"]): r["final_answer"] for r in map(json.loads, open(eval_data_dir / "olympiadbench.jsonl"))}
     multi = next(i for i, answer in raw.items() if answer == ["$69$,$84$"])
     assert olympiad[multi] == "69,84"
 
 
-def test_aliases_file_paths_and_limit(benchmark_dir):
-    assert load_benchmark("math_oai", benchmark_dir) == load_benchmark("MATH500", benchmark_dir)
-    assert load_benchmark("aime24", benchmark_dir / "aime24.jsonl", limit=3) == load_benchmark("aime24",
-                                                                                              benchmark_dir)[:3]
+def test_aliases_file_paths_and_limit(eval_data_dir):
+    assert load_benchmark("math_oai", eval_data_dir) == load_benchmark("MATH500", eval_data_dir)
+    assert load_benchmark("aime24", eval_data_dir / "aime24.jsonl", limit=3) == load_benchmark("aime24",
+                                                                                              eval_data_dir)[:3]
     assert {SOURCES[name].file_stem for name in BENCHMARKS} == {"math_oai", "minerva_math", "olympiadbench",
                                                                  "aime24", "amc23"}
 

@@ -6,16 +6,6 @@ from pathlib import Path
 
 import pytest
 
-EVAL_DATA = Path(__file__).parents[2] / ".." / "shared" / "data" / "eval"
-
-
-@pytest.fixture(scope="session")
-def eval_data_dir() -> Path:
-    """The real benchmark copies in ../shared/data/eval (read in place, never copied into the repo)."""
-    assert (EVAL_DATA / "aime24.jsonl").is_file(), f"benchmark files missing under {EVAL_DATA.resolve()}"
-    return EVAL_DATA
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random tiny Qwen2 with a ChatML tokenizer, saved as a complete HF model directory."""
