@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# CI (CI=true) replays the same property-test examples every run; a developer's runs keep exploring new ones.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI", "").lower() == "true":
+    settings.load_profile("ci")
 
 #: The real benchmark copies beside the checkout (../shared/data/eval): read in place, never copied into the repo.
 EVAL_DATA = Path(__file__).parents[1] / ".." / "shared" / "data" / "eval"
