@@ -34,6 +34,8 @@ CASES = [
     ("ranktuner exact", "ranktuner", {"form": "exact"}),
 ]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+BASELINE = "plain NLL"
+SORT = "(E[R] by full sort, statistics only)"
 
 
 def _release_freed_memory_to_os() -> None:
@@ -114,10 +116,6 @@ def bench_memory(n: int, vocab: int, dtype_name: str) -> dict[str, float]:
     return {label: peak_extra_mib(lambda fn=fn: _step(fn, logits, labels)) for label, fn in _cases().items()}
 
 
-SORT = "(E[R] by full sort, statistics only)"
-BASELINE = "plain NLL"
-
-
 def _cases() -> dict:
     fns = {BASELINE: plain_nll}
     for label, name, params in CASES:
@@ -129,7 +127,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="1024x151936,256x32768", help="comma-separated NxV")
     parser.add_argument("--dtypes", default="fp32,bf16", help=f"comma-separated, from {sorted(DTYPES)}")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per case, at least (small shapes get more, ~1 s of baseline); min is reported")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed rounds per case, at least (small shapes get more, ~1 s of baseline); min is reported")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-sort", action="store_true", help="skip the full-sort reference (slow)")
     args = parser.parse_args(argv)

@@ -22,7 +22,8 @@ def weighted_nll(name: str, logits: torch.Tensor, labels: torch.Tensor, mask: to
     method = get_method(name, **params)
     if mask is None:
         mask = torch.ones(labels.shape, dtype=torch.bool, device=labels.device)
-    return _WeightedNLL.apply(logits, labels, mask, method, chunk_rows or default_chunk_rows(logits.shape[-1], logits.device))
+    rows = chunk_rows or default_chunk_rows(logits.shape[-1], logits.device)
+    return _WeightedNLL.apply(logits, labels, mask, method, rows)
 
 
 class _WeightedNLL(torch.autograd.Function):
