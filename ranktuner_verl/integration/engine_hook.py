@@ -14,7 +14,11 @@ import functools
 
 import torch
 
+from ranktuner_verl.integration import fused_stats
+from ranktuner_verl.integration.fused_stats import full_tensor
+
 _ORIGINAL_ATTR = "_ranktuner_original_prepare_model_outputs"
+_ORIGINAL_STEP_ATTR = "_ranktuner_original_forward_step"
 STAT_KEY_PREFIX = "token_stat_"  # model_output keys; verl's own "entropy"/"sum_pi_squared" stay untouched
 
 
@@ -47,8 +51,20 @@ def install() -> None:
             model_output.update(_token_stats_as_jagged(self, output, output_args, micro_batch, logits_processor_func))
         return model_output
 
+    original_step = engine_cls.forward_step
+
+    @functools.wraps(original_step)
+    def forward_step(self, micro_batch, loss_function, forward_only):
+        # with fused kernels the statistics are computed inside the model's forward (fused_stats)
+        if getattr(loss_function, "engine_stat_names", None) and _is_our_loss(loss_function) and _fused(micro_batch):
+            with fused_stats.collecting(loss_function.engine_stat_names, loss_function.stat_kwargs):
+                return original_step(self, micro_batch, loss_function, forward_only)
+        return original_step(self, micro_batch, loss_function, forward_only)
+
     setattr(engine_cls, _ORIGINAL_ATTR, original)
+    setattr(engine_cls, _ORIGINAL_STEP_ATTR, original_step)
     engine_cls.prepare_model_outputs = prepare_model_outputs
+    engine_cls.forward_step = forward_step
 
 
 def _is_our_loss(func) -> bool:
@@ -62,29 +78,12 @@ def _token_stats_as_jagged(engine, output, output_args, micro_batch, loss) -> di
     """The statistics ``loss.engine_stat_names`` per token, laid out exactly like verl's ``log_probs`` (jagged)."""
     from verl.utils import tensordict_utils as tu
 
-    from ranktuner_verl.stats import token_stats
-
-    if tu.get_non_tensor_data(data=micro_batch, key="use_fused_kernels", default=False):
-        raise RuntimeError(
-            f"loss={loss.method.name} needs the statistics {sorted(loss.engine_stat_names)} from the full logits, "
-            "but model.use_fused_kernels=True never materialises them. Set model.use_fused_kernels=False."
-        )
     use_remove_padding = tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True)
-    cu_seqlens = micro_batch["input_ids"].offsets()
-    labels = output_args["input_ids_rmpad_rolled"]
-
-    if use_remove_padding:
-        logits = _full(output.logits.squeeze(0))  # (total_nnz / sp + pad, V): this rank's Ulysses shard
-        if not output_args.get("temperature_is_one", False):
-            logits = logits / output_args["temperature_rmpad"].unsqueeze(-1)
+    if _fused(micro_batch):
+        stats = fused_stats.take(micro_batch, use_remove_padding, loss.method.name)
     else:
-        logits = _full(output.logits)  # (bsz, max_len, V), right-padded
-        if not output_args.get("temperature_is_one", False):
-            logits = logits / output_args["temperature"].view(-1, 1, 1)
-        lengths = cu_seqlens.diff().tolist()
-        logits = torch.cat([row[:length] for row, length in zip(logits, lengths)])
-
-    stats = token_stats(logits.detach(), labels, loss.engine_stat_names, **loss.stat_kwargs)
+        stats = _stats_from_logits(output, output_args, micro_batch, loss, use_remove_padding)
+    cu_seqlens = micro_batch["input_ids"].offsets()
     jagged = {}
     # sorted: the gather is a collective, so every Ulysses rank must gather the statistics in the same order (set
     # order follows the per-process hash seed)
@@ -96,8 +95,25 @@ def _token_stats_as_jagged(engine, output, output_args, micro_batch, loss) -> di
     return jagged
 
 
-def _full(logits: torch.Tensor) -> torch.Tensor:
-    """Logits sharded over the vocabulary (tensor parallel DTensor) gathered whole, as verl does for log-probs."""
-    from torch.distributed.tensor import DTensor
+def _stats_from_logits(output, output_args, micro_batch, loss, use_remove_padding) -> dict[str, torch.Tensor]:
+    """The statistics from the logits of an unfused forward: this rank's packed shard, or the valid tokens in order."""
+    from ranktuner_verl.stats import token_stats
 
-    return logits.full_tensor() if isinstance(logits, DTensor) else logits
+    if use_remove_padding:
+        logits = full_tensor(output.logits.squeeze(0))  # (total_nnz / sp + pad, V): this rank's Ulysses shard
+        if not output_args.get("temperature_is_one", False):
+            logits = logits / output_args["temperature_rmpad"].unsqueeze(-1)
+    else:
+        logits = full_tensor(output.logits)  # (bsz, max_len, V), right-padded
+        if not output_args.get("temperature_is_one", False):
+            logits = logits / output_args["temperature"].view(-1, 1, 1)
+        lengths = micro_batch["input_ids"].offsets().diff().tolist()
+        logits = torch.cat([row[:length] for row, length in zip(logits, lengths)])
+    return token_stats(logits.detach(), output_args["input_ids_rmpad_rolled"], loss.engine_stat_names,
+                       **loss.stat_kwargs)
+
+
+def _fused(micro_batch) -> bool:
+    from verl.utils import tensordict_utils as tu
+
+    return bool(tu.get_non_tensor_data(data=micro_batch, key="use_fused_kernels", default=False))

@@ -1,0 +1,92 @@
+"""The statistics from hidden states (``stats_hidden``) against the brute-force oracle of ``test_stats``."""
+
+import math
+
+import pytest
+import torch
+
+from ranktuner_verl.stats import EXPECTED_RANK_BIN_WIDTH, STATS, token_stats
+from ranktuner_verl.stats_hidden import token_stats_from_hidden
+from tests.test_stats import brute_force
+
+ALL = tuple(STATS)
+
+
+def random_head(n, hidden, vocab, seed, scale=1.0):
+    """Hidden states, an LM head and labels; logits of std ~ 3 * scale."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, hidden, generator=g)
+    w = torch.randn(vocab, hidden, generator=g) * (3 * scale / math.sqrt(hidden))
+    return h, w, torch.randint(0, vocab, (n,), generator=g)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, None])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_matches_brute_force(chunk_rows, temperature):
+    h, w, labels = random_head(11, 16, 257, 0)
+    got = token_stats_from_hidden(h, w, labels, ALL, temperature=temperature, top_k=7, chunk_rows=chunk_rows)
+    want = brute_force(h.double() @ w.double().t() / temperature, labels, top_k=7)
+    assert set(got) == set(ALL)
+    for name in ALL:
+        torch.testing.assert_close(got[name].double(), want[name], rtol=2e-5, atol=2e-5, msg=name)
+
+
+def test_batch_dims_and_only_what_is_asked():
+    h, w, labels = random_head(12, 8, 50, 1)
+    flat = token_stats_from_hidden(h, w, labels, {"rank", "entropy"})
+    batched = token_stats_from_hidden(h.view(3, 4, 8), w, labels.view(3, 4), {"rank", "entropy"}, chunk_rows=5)
+    assert set(batched) == {"rank", "entropy"}
+    for name in flat:
+        assert batched[name].shape == (3, 4)
+        torch.testing.assert_close(batched[name].view(-1), flat[name], rtol=1e-6, atol=1e-6)
+
+
+def test_equals_token_stats_on_the_materialised_logits_under_bf16_autocast():
+    """Under verl's mixed precision the logits are bf16 (the matmul runs in autocast, as in verl's fused kernel):
+    the statistics are those of exactly these logits, to fp32 accuracy (the oracle: fp64 brute force on them)."""
+    h, w, labels = random_head(9, 32, 3000, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = (h @ w.t()) / 0.7
+        got = token_stats_from_hidden(h, w, labels, ALL, temperature=0.7, chunk_rows=4)
+    assert logits.dtype == torch.bfloat16
+    want = brute_force(logits.double(), labels)
+    for name in ALL:
+        tol = 1e-4 * want[name].abs().clamp(min=1) if name == "expected_rank" else 2e-5  # E[R]: the histogram bound
+        assert ((got[name].double() - want[name]).abs() <= tol).all(), name
+
+
+def test_bad_input_names_the_problem():
+    h, w, labels = random_head(4, 8, 30, 3)
+    with pytest.raises(ValueError, match="valid:"):
+        token_stats_from_hidden(h, w, labels, {"rank", "perplexity"})
+    with pytest.raises(ValueError, match=r"weight \[V, H\]"):
+        token_stats_from_hidden(h, w[:, :4], labels, {"rank"})
+    with pytest.raises(ValueError, match="labels"):
+        token_stats_from_hidden(h, w, labels[:3], {"rank"})
+    with pytest.raises(ValueError, match="temperature"):
+        token_stats_from_hidden(h, w, labels, {"rank"}, temperature=0.0)
+
+
+def test_largest_allocation_is_one_chunk_of_logits_not_n_times_v():
+    """With 8x the tokens the largest single allocation is the same, and it is bounded by a chunk of rows."""
+    vocab, chunk = 10_000, 4  # above the exact-sort threshold: the histogram path
+
+    def largest_alloc(n):
+        h, w, labels = random_head(n, 16, vocab, 0)
+        with torch.profiler.profile(profile_memory=True) as prof:
+            token_stats_from_hidden(h, w, labels, ALL, chunk_rows=chunk)
+        return max(e.cpu_memory_usage for e in prof.events())
+
+    sizes = [largest_alloc(n) for n in (32, 256)]
+    assert sizes[1] <= sizes[0]
+    n_bins = (2 * math.log(vocab) + 10) / EXPECTED_RANK_BIN_WIDTH + 1
+    assert sizes[0] <= chunk * max(vocab, n_bins) * 8  # one [chunk, max(V, bins)] tensor of 8-byte elements
+    assert sizes[0] < 32 * vocab * 4  # far below the logits of the smaller case
+
+
+def test_same_as_token_stats_in_fp32():
+    h, w, labels = random_head(20, 24, 700, 4, scale=2.0)
+    got = token_stats_from_hidden(h, w, labels, ALL, chunk_rows=6)
+    want = token_stats(h @ w.t(), labels, ALL)
+    for name in ALL:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5, msg=name)
