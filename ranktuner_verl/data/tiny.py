@@ -91,7 +91,7 @@ def build_tokenizer(out_dir: str | Path, vocab_size: int = 400):
 
 
 def build_model(out_dir: str | Path, vocab_size: int | None = None, hidden_size: int = 64, num_layers: int = 2,
-                seed: int = 0, tokenizer_dir: str | Path | None = None):
+                seed: int = 0, tokenizer_dir: str | Path | None = None, tie_word_embeddings: bool = True):
     """A random Qwen2 causal LM saved to ``out_dir`` (with the tokenizer, so the folder is a complete HF model dir).
 
     ``vocab_size`` defaults to the tokenizer's size; pass a larger one (e.g. 151936) to make the loss head dominate.
@@ -109,7 +109,7 @@ def build_model(out_dir: str | Path, vocab_size: int | None = None, hidden_size:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -71,3 +71,40 @@ def tiny_overrides(model_dir: Path, train_file: Path, out_dir: Path, *, steps: i
         "trainer.resume_mode=disable",
         "+engine.mixed_precision.param_dtype=fp32",
     ]
+
+
+def build_trainer(overrides: list[str]):
+    """Our trainer (``RankTunerSFTTrainer``: verl's dataset, FSDP engine and training worker) built in this process from
+    our Hydra config with ``overrides``, after the start-up checks. Needs a torchrun environment (one rank is enough)."""
+    from hydra import compose, initialize_config_dir
+    from verl.utils.device import auto_set_device
+    from verl.utils.distributed import initialize_global_process_group
+
+    from ranktuner_verl.integration import trainer
+
+    with initialize_config_dir(config_dir=str(Path(trainer.__file__).parent / trainer.CONFIG_DIR), version_base=None):
+        config = compose(config_name=trainer.CONFIG_NAME, overrides=overrides)
+    trainer.prepare(config)
+    auto_set_device(config)
+    initialize_global_process_group()
+    return trainer.RankTunerSFTTrainer(config=config)
+
+
+def step_data(trainer, batch: dict, **meta):
+    """``batch`` (from ``trainer.train_dataloader``) as verl's ``SFTTrainer.fit`` hands it to ``train_batch``; ``meta``
+    overrides fit's per-batch settings (e.g. ``temperature``, ``use_remove_padding``)."""
+    import copy
+
+    from verl.utils import tensordict_utils as tu
+
+    config = trainer.config
+    meta_info = {  # as verl 0.9.1 SFTTrainer.fit builds it
+        "use_remove_padding": config.model.use_remove_padding, "use_dynamic_bsz": config.data.use_dynamic_bsz,
+        "max_token_len_per_gpu": config.data.max_token_len_per_gpu,
+        "micro_batch_size_per_gpu": config.data.micro_batch_size_per_gpu, "temperature": 1.0,
+        "global_batch_size": trainer.global_batch_size, "pad_mode": config.data.pad_mode,
+        "pad_token_id": trainer.model_config.tokenizer.pad_token_id, **meta,
+    }
+    data = tu.get_tensordict(tensor_dict=copy.deepcopy(batch), non_tensor_dict=meta_info)
+    tu.assign_non_tensor(data, global_token_num=tu.NonTensorData(trainer._get_batch_seqlens(data)))
+    return data

@@ -1,6 +1,7 @@
 """Losses and gradients of every method and option on one batch, through verl's real trainer objects (a torchrun script).
 
-    python -m torch.distributed.run --standalone --nproc_per_node=1 tests/integration/fused_probe.py OUT.pt [--padded-too] OVERRIDES...
+    python -m torch.distributed.run --standalone --nproc_per_node=1 tests/integration/fused_probe.py OUT.pt \
+        [--padded-too] OVERRIDES...
 
 Builds ``RankTunerSFTTrainer`` from our Hydra config (dataset, FSDP engine, training worker: all verl's), takes the
 first batch as ``fit`` does, then for each case of ``cases()`` sets the loss and runs the worker's real
@@ -10,9 +11,7 @@ snapshot of the gradients, so every case sees the same weights. Rank 0 saves {ca
 
 from __future__ import annotations
 
-import copy
 import sys
-from pathlib import Path
 
 import torch
 
@@ -36,24 +35,15 @@ def cases() -> dict[str, tuple[str, dict, float]]:
 
 
 def main(out_path: str, overrides: list[str], padded_too: bool = False) -> None:
-    from hydra import compose, initialize_config_dir
     from verl.utils import tensordict_utils as tu
-    from verl.utils.device import auto_set_device
-    from verl.utils.distributed import destroy_global_process_group, initialize_global_process_group
+    from verl.utils.distributed import destroy_global_process_group
 
-    from ranktuner_verl.integration import trainer as trainer_module
     from ranktuner_verl.integration.loss import WeightedSFTLoss
+    from ranktuner_verl.integration.runs import build_trainer, step_data
 
-    config_dir = Path(trainer_module.__file__).parent / trainer_module.CONFIG_DIR
-    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-        config = compose(config_name=trainer_module.CONFIG_NAME, overrides=overrides)
-    trainer_module.prepare(config)
-    auto_set_device(config)
-    initialize_global_process_group()
-    trainer = trainer_module.RankTunerSFTTrainer(config=config)
+    trainer = build_trainer(overrides)
     engine, worker = trainer.engine, trainer.training_client
     batch = next(iter(trainer.train_dataloader))
-
     grads = {}
 
     def snapshot_instead_of_step():
@@ -69,17 +59,9 @@ def main(out_path: str, overrides: list[str], padded_too: bool = False) -> None:
     for label, (name, params, temperature) in cases().items():
         worker.set_loss_fn(loss_fn=WeightedSFTLoss(name, **params))
         for remove_padding in (True, False) if padded_too else (True,):
-            meta_info = {  # as verl's SFTTrainer.fit builds it
-                "use_remove_padding": remove_padding, "use_dynamic_bsz": config.data.use_dynamic_bsz,
-                "max_token_len_per_gpu": config.data.max_token_len_per_gpu,
-                "micro_batch_size_per_gpu": config.data.micro_batch_size_per_gpu, "temperature": temperature,
-                "global_batch_size": trainer.global_batch_size, "pad_mode": config.data.pad_mode,
-                "pad_token_id": trainer.model_config.tokenizer.pad_token_id,
-            }
-            data = tu.get_tensordict(tensor_dict=copy.deepcopy(batch), non_tensor_dict=meta_info)
-            tu.assign_non_tensor(data, global_token_num=tu.NonTensorData(trainer._get_batch_seqlens(data)))
             grads.clear()
-            output = worker.train_batch(data)
+            output = worker.train_batch(step_data(trainer, batch, temperature=temperature,
+                                                  use_remove_padding=remove_padding))
             if output is not None:
                 results[label + ("" if remove_padding else " padded")] = {
                     "loss": float(tu.get(output, "metrics")["loss"]), "grads": dict(grads)}
