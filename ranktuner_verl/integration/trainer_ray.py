@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ranktuner_verl.integration.checkpoint_guard import GuardedCheckpoints
+from ranktuner_verl.integration.cluster import refuse_relative_paths
 from ranktuner_verl.integration.trainer import (
     CONFIG_DIR, CONFIG_NAME, StepMetricsClient, fit_unless_finished, prepare, refuse_bad_loss_overrides,
     use_weighted_loss,
@@ -62,6 +63,7 @@ def run(config: DictConfig) -> None:
     auto_set_device(config)
     if not ray.is_initialized():
         ray.init()
+    refuse_relative_paths(config, nodes=sum(node["Alive"] for node in ray.nodes()))
     RankTunerRaySFTTrainer(config=config).fit()
 
 
