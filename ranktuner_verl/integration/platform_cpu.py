@@ -2,10 +2,10 @@
 
 verl resolves one platform singleton (``verl.plugin.platform.get_platform``) and asks it for the device name, the
 ``torch.<device>`` module, the collective backend and the Ray resource. Without an accelerator it falls back to
-NVIDIA and asks for NCCL. ``install()`` registers a ``cpu`` platform and, only where no accelerator is in reach
-(``accelerator_in_reach``), makes it current, registers verl's FSDP engines for device ``cpu`` and makes verl's
-process-group initialisers use gloo alone (verl builds ``"cpu:gloo,<device>:<backend>"``, which torch rejects when
-both halves are gloo). See docs/VERL_NOTES.md and docs/verl_integration.md.
+NVIDIA and asks for NCCL. Only where no accelerator is in reach (``accelerator_in_reach``), ``install()`` registers a
+``cpu`` platform (never auto-detected) and makes it current, registers verl's FSDP engines for device ``cpu`` and
+makes verl's process-group initialisers use gloo alone (verl builds ``"cpu:gloo,<device>:<backend>"``, which torch
+rejects when both halves are gloo). See docs/verl_integration.md.
 """
 
 from __future__ import annotations
@@ -320,7 +320,6 @@ def install() -> bool:
     from verl.plugin.platform import platform_manager
 
     choice = os.environ.get(SWITCH, "auto").strip().lower()
-    platform_cls = _platform_class()
     if choice in ("0", "false", "off"):
         return False
     asked = choice in ("1", "true", "on") or os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu"
@@ -333,7 +332,7 @@ def install() -> bool:
     _state["active"] = True
     current = platform_manager._current_platform
     if current is None or current.device_name != "cpu":
-        verl_platform.set_platform(platform_cls())
+        verl_platform.set_platform(_platform_class()())
     when_imported("verl.utils.distributed", _patch_process_group_init)
     when_imported(ENGINE_MODULE, _register_cpu_engines)
     when_imported("transformers.modeling_utils", _patch_sdpa_for_ulysses)

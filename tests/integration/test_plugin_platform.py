@@ -156,6 +156,7 @@ def test_verls_platform_auto_detection_never_answers_cpu(monkeypatch):
     from ranktuner_verl.integration import platform_cpu
 
     assert platform_cpu.install() == (platform_cpu.accelerator_in_reach() is None)
+    platform_cpu._platform_class()  # registered wherever the CPU layer is active
     assert "cpu" in PlatformRegistry.registered_names()
     with mock.patch.dict(os.environ, {"VERL_PLATFORM": ""}):
         assert platform_manager._detect_platform_name() in ("nvidia", "huawei", "amd")
