@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from ranktuner_verl.data.benchmarks import load_benchmark
+from ranktuner_verl.eval.benchmarks import load_benchmark
 from ranktuner_verl.eval.cli import main
 from ranktuner_verl.eval.tables import AVERAGE, build_table, collect_table, to_csv, to_latex, to_markdown, write_tables
 
