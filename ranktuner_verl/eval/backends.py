@@ -171,13 +171,14 @@ class HFBackend(Backend):
                 do_sample=not greedy, temperature=None if greedy else sampling.temperature,
                 top_p=None if greedy else sampling.top_p, top_k=0, repetition_penalty=1.0,
                 max_new_tokens=request.max_new_tokens, eos_token_id=stop_ids, pad_token_id=pad,
-                num_return_sequences=len(request.samples))
+                num_return_sequences=1 if greedy else len(request.samples))  # greedy: n equal samples, made once
             input_ids = torch.tensor([request.prompt_token_ids], device=self.options["device"])
             torch.manual_seed(request.seed)
             with torch.no_grad():
                 output = self._model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
                                               generation_config=config)
-            yield request, [self._result(row[input_ids.shape[1]:].tolist(), stop_ids) for row in output]
+            results = [self._result(row[input_ids.shape[1]:].tolist(), stop_ids) for row in output]
+            yield request, results * len(request.samples) if greedy else results
 
     def _result(self, new_tokens: list[int], stop_ids: list[int]) -> dict:
         """One sample's text up to and without its first stop token (the rest is padding)."""

@@ -17,7 +17,8 @@ spaces removed.
 2. a reference choice letter A-E equals the prediction's letter ("(B)", "B.", "B: text");
 3. both numbers: equal iff the prediction is within rel 1e-4 of reference, reference/100 or reference*100
    (``math.isclose``), decided here (no symbolic fall-back);
-4. equal after dropping brackets and braces; tuples/intervals of the same length equal element by element;
+4. equal after dropping brackets and braces (unless one is "(" where the other is "["); tuples/intervals of the
+   same length and the same brackets equal element by element;
 5. equations: ``a = b`` vs ``c = d`` equal iff a - b = ±(c - d); "x = v" vs a bare value compares v;
 6. symbolic: both parsed (LaTeX, via latex2sympy2_extended, math-verify's parser) and equal when sympy finds
    ``a == b``, ``simplify(a - b) == 0``, or equal numeric values (rel 1e-4).
@@ -116,7 +117,7 @@ def qwen_equal(prediction: str | None, reference: str | None) -> bool:
     if pred.lower() == ref.lower():
         return True
     if ref in ("A", "B", "C", "D", "E"):
-        choice = _CHOICE.match(pred)
+        choice = _CHOICE.match(str(prediction).strip().strip("$")) or _CHOICE.match(pred)
         return bool(choice) and choice.group(1) == ref
     pred_number, ref_number = _number(pred), _number(ref)
     if pred_number is not None and ref_number is not None:
@@ -124,8 +125,9 @@ def qwen_equal(prediction: str | None, reference: str | None) -> bool:
                                                                           ref_number * 100))
     if not pred:
         return False
-    if re.sub(r"[\[\](){}]", "", pred).lower() == re.sub(r"[\[\](){}]", "", ref).lower():
-        return True
+    if {pred[:1], ref[:1]} != {"(", "["} and {pred[-1:], ref[-1:]} != {")", "]"} and \
+            re.sub(r"[\[\](){}]", "", pred).lower() == re.sub(r"[\[\](){}]", "", ref).lower():
+        return True  # brackets do not matter, unless they make an interval open on one side, closed on the other
     bracketed = re.compile(r"^[(\[].+[)\]]$")
     if bracketed.match(pred) and bracketed.match(ref):
         pred_items, ref_items = _split_top_level(pred[1:-1]), _split_top_level(ref[1:-1])

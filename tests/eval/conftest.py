@@ -41,6 +41,12 @@ class ScriptedBackend:
                             for text in texts]
 
 
+@pytest.fixture
+def scripted_backend():
+    """The ``ScriptedBackend`` class: ``scripted_backend(model_dir, {(problem id, sample): text})``."""
+    return ScriptedBackend
+
+
 def boxed(answer: str) -> str:
     return f"Working through the problem step by step. The final answer is $\\boxed{{{answer}}}$."
 

@@ -70,3 +70,18 @@ def test_bad_input_gets_a_clear_message(case, error, message, tmp_path):
     with pytest.raises(error) as raised:
         load_benchmark(name, path)
     assert message in str(raised.value)
+
+
+def test_one_registry_and_data_never_imports_eval():
+    import ast
+    from pathlib import Path
+
+    from ranktuner_verl.eval.benchmarks import BENCHMARKS, DEFAULT_BENCHMARKS
+
+    assert BENCHMARKS == tuple(REGISTRY) and DEFAULT_BENCHMARKS == ("math500", "minerva_math", "olympiadbench",
+                                                                   "aime24", "amc23")
+    assert {b.kind for b in REGISTRY.values()} == {"math", "choice", "code"}
+    for source in (Path(__file__).parents[2] / "ranktuner_verl" / "data").glob("*.py"):
+        imported = [node.module or "" for node in ast.walk(ast.parse(source.read_text()))
+                    if isinstance(node, ast.ImportFrom)]
+        assert not [m for m in imported if m.startswith("ranktuner_verl.eval")], source
