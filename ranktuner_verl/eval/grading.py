@@ -4,9 +4,10 @@
 fall-backs when there is none, in the spirit of the Qwen2.5-Math evaluation harness: "final answer is X" /
 "final answer: X", then "the answer is X" / "answer: X", then the last number in the text.
 
-``grade`` compares the extracted answer with the gold one: equal strings are correct at once; otherwise both are
-parsed by math-verify (``parse`` + ``verify``, https://github.com/huggingface/Math-Verify) and compared symbolically
-and numerically. The whole comparison runs under a per-answer wall-clock limit (SIGALRM, main thread). An error or a
+``grade`` compares the extracted answer with the gold one with ``grader`` "math-verify" (default: equal strings are
+correct at once; otherwise both are parsed by math-verify, ``parse`` + ``verify``,
+https://github.com/huggingface/Math-Verify, and compared symbolically and numerically) or "qwen" (the Qwen2.5-Math
+harness's rules, ``ranktuner_verl.eval.qwen_grader``). The whole comparison runs under a per-answer wall-clock limit (SIGALRM, main thread). An error or a
 timeout is reported in the returned ``Grade`` (counted as wrong), never raised, so one pathological answer cannot stop
 a run.
 """
