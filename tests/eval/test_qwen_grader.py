@@ -82,3 +82,13 @@ def test_agreement_command_writes_the_table(eval_data_dir, tmp_path, capsys):
     assert list(rows) == ["MATH500", "Minerva", "OlympiadBench", "AIME24", "AMC23"]
     for name, cells in rows.items():
         assert cells[1] == "12" and cells[2] == "100.00%" and cells[3] == "100.00%", name
+
+
+def test_the_docs_hold_the_commands_table_for_the_whole_files():
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[2] / "docs" / "data_and_grading.md").read_text()
+    header = "| benchmark | gold n | math-verify correct | qwen correct | perturbed n | math-verify wrong | qwen wrong |"
+    assert header in docs and "python -m ranktuner_verl.eval agreement --data-dir" in docs
+    for display, size in [("MATH500", 500), ("Minerva", 272), ("OlympiadBench", 675), ("AIME24", 30), ("AMC23", 40)]:
+        assert f"| {display} | {size} | 100.00% | 100.00% |" in docs, display
