@@ -19,7 +19,7 @@ import time
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ranktuner_verl.integration import checks, plugin
+from ranktuner_verl.integration import checks, platform_cpu, plugin
 from ranktuner_verl.integration.checkpoint_guard import GuardedCheckpoints, finished_message
 from ranktuner_verl.integration.loss import NLL_SUM, TOKENS, WeightedSFTLoss, _flatten, reduce_step_metrics
 
@@ -38,8 +38,9 @@ def build_loss(config: DictConfig) -> WeightedSFTLoss:
 
 
 def apply_cpu_defaults(config: DictConfig) -> None:
-    """On the CPU platform: device cpu, FSDP2 (FSDP1 refuses CPU parameters), SDPA attention (no flash-attn)."""
-    if not plugin.CPU_PLATFORM_ACTIVE:
+    """On the CPU platform: device cpu, FSDP2 (FSDP1 refuses CPU parameters), SDPA attention (no flash-attn).
+    The Ray driver calls it once connected, when the CPU platform knows whether the cluster has accelerators."""
+    if not platform_cpu.active():
         return
     with open_dict(config):
         config.trainer.device = "cpu"
@@ -56,7 +57,6 @@ def prepare(config: DictConfig, for_workers: bool = False) -> WeightedSFTLoss:
     loss = build_loss(config)
     if os.environ.get("RANK", "0") == "0" and os.environ.get(checks.CHECKED_ENV) != "1":
         checks.run_checks(config, loss)
-    apply_cpu_defaults(config)
     return loss
 
 
@@ -185,6 +185,7 @@ def run(config: DictConfig) -> None:
     from verl.utils.distributed import destroy_global_process_group, initialize_global_process_group
 
     prepare(config)
+    apply_cpu_defaults(config)
     auto_set_device(config)
     initialize_global_process_group()
     RankTunerSFTTrainer(config=config).fit()

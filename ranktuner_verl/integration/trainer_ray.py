@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 from ranktuner_verl.integration.checkpoint_guard import GuardedCheckpoints
 from ranktuner_verl.integration.cluster import refuse_relative_paths
 from ranktuner_verl.integration.trainer import (
-    CONFIG_DIR, CONFIG_NAME, StepMetricsClient, fit_unless_finished, prepare, refuse_bad_loss_overrides,
-    use_weighted_loss,
+    CONFIG_DIR, CONFIG_NAME, StepMetricsClient, apply_cpu_defaults, fit_unless_finished, prepare,
+    refuse_bad_loss_overrides, use_weighted_loss,
 )
 
 from verl.trainer import sft_trainer_ray as verl_sft_trainer_ray  # noqa: E402  (after the plugin)
@@ -60,10 +60,12 @@ def run(config: DictConfig) -> None:
     from verl.utils.device import auto_set_device
 
     prepare(config, for_workers=True)
-    auto_set_device(config)
     if not ray.is_initialized():
         ray.init()
     refuse_relative_paths(config, nodes=sum(node["Alive"] for node in ray.nodes()))
+    # only now: on a CPU head node the CPU platform stays active until ray.init shows the cluster's GPUs
+    apply_cpu_defaults(config)
+    auto_set_device(config)
     RankTunerRaySFTTrainer(config=config).fit()
 
 
