@@ -188,9 +188,16 @@ def _wanted_tokens(micro_batch, cu_seqlens, response_only: bool) -> torch.Tensor
     verl's ``no_padding_2_padding`` keeps: prompt_len - 1 up to prompt_len + response_len - 1), or None for all."""
     if not response_only:
         return None
+    prompts = micro_batch["prompts"]
+    if prompts.is_nested:
+        prompt_lens, response_lens = prompts.offsets().diff(), micro_batch["responses"].offsets().diff()
+    else:  # padded prompts/responses: their lengths from the attention mask (as no_padding_2_padding)
+        attention_mask = micro_batch["attention_mask"]
+        prompt_lens = attention_mask[:, : prompts.shape[1]].sum(1)
+        response_lens = attention_mask[:, prompts.shape[1] :].sum(1)
     seq, position = _sequence_and_position(cu_seqlens)
-    first = micro_batch["prompts"].offsets().diff().to(seq.device)[seq] - 1  # log_prob at i scores token i + 1
-    return (position >= first) & (position < first + micro_batch["responses"].offsets().diff().to(seq.device)[seq])
+    first = prompt_lens.to(seq.device)[seq] - 1  # log_prob at position i scores token i + 1
+    return (position >= first) & (position < first + response_lens.to(seq.device)[seq])
 
 
 def _ulysses_rank(engine) -> int:
