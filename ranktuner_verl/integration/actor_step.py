@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import sys
+import traceback
 from contextlib import contextmanager
 from functools import partial
 
@@ -21,7 +22,7 @@ import torch
 # the per-case knobs and their defaults: loss_mode, token_weight options, engine settings, batch shape
 DEFAULTS = dict(loss_mode="vanilla", token_weight={}, temperature=1.0, use_remove_padding=True, ulysses=1,
                 param_dtype="fp32", batch=6, prompt_len=12, response_len=20, seed=0, steps=1, lr=1e-2,
-                micro_batch=3, record_logits=False, hook=True)
+                micro_batch=3, old_log_prob_noise=0.3, record_logits=False, hook=True)
 
 
 def _env_for_one_process() -> None:
@@ -54,7 +55,7 @@ def run_updates(model_path: str, **spec) -> dict:
     import verl  # noqa: F401  (loads the plugin: CPU platform, engine hook, policy-loss registration)
     from verl import DataProto
     from verl.utils import tensordict_utils as tu
-    from verl.utils.metric import reduce_metrics
+    from verl.utils.metric import Metric
     from verl.utils.model import compute_position_id_with_mask
     from verl.workers.config import ActorConfig, FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
     from verl.workers.engine_workers import TrainingWorker, TrainingWorkerConfig
@@ -87,23 +88,38 @@ def run_updates(model_path: str, **spec) -> dict:
     meta = {"temperature": spec["temperature"], "global_token_num": attention_mask.sum(-1).tolist()}
     data = left_right_2_no_padding(DataProto.from_single_dict(fields, meta_info={**meta, "compute_loss": False})
                                    .to_tensordict())
-    old_log_probs = no_padding_2_padding(tu.get(worker.infer_batch(data), "log_probs"), data)
+    inferred = worker.infer_batch(data)  # None on ranks that do not hold outputs (Ulysses ranks but the first)
+    old_log_probs = [None if inferred is None else no_padding_2_padding(tu.get(inferred, "log_probs"), data)]
+    if torch.distributed.get_world_size() > 1:
+        torch.distributed.broadcast_object_list(old_log_probs, src=0)
+    old_log_probs = old_log_probs[0]
+    # off-policy by a known amount, so that some ratios leave the clip range (clip fractions > 0)
+    old_log_probs = old_log_probs + spec["old_log_prob_noise"] * torch.randn(
+        old_log_probs.shape, generator=torch.Generator().manual_seed(spec["seed"] + 1))
 
     actor_config = ActorConfig(
         strategy="fsdp2", rollout_n=1, ppo_micro_batch_size_per_gpu=spec["micro_batch"], clip_ratio=0.2,
         policy_loss=TokenWeightedPolicyLossConfig(loss_mode=spec["loss_mode"], token_weight=spec["token_weight"]))
     worker.set_loss_fn(partial(ppo_loss, config=actor_config))
     fields.update(old_log_probs=old_log_probs, advantages=advantages)
-    records, metrics = [], []
+    records, metrics, initial_params = [], [], _parameters(worker)
     with _recording(records, spec["record_logits"]), _hook_removed(not spec["hook"]):
         for _ in range(spec["steps"]):
             batch = left_right_2_no_padding(DataProto.from_single_dict(fields, meta_info=meta).to_tensordict())
             tu.assign_non_tensor(batch, global_batch_size=spec["batch"])
-            metrics.append(reduce_metrics(tu.get(worker.train_batch(batch), "metrics")))
-    params = {name: p.detach().full_tensor().clone() if hasattr(p, "full_tensor") else p.detach().clone()
-              for name, p in worker.engine.module.named_parameters()}
-    return {"metrics": metrics, "records": records, "params": params, "old_log_probs": old_log_probs,
-            "input_ids": input_ids, "attention_mask": attention_mask, "advantages": advantages}
+            output = worker.train_batch(batch)
+            if output is not None:
+                metrics.append({key: Metric.aggregate_dp(value) if isinstance(value, list) and
+                                isinstance(value[0], Metric) else value
+                                for key, value in tu.get(output, "metrics").items()})
+    params = _parameters(worker)
+    return {"metrics": metrics, "records": records, "params": params, "initial_params": initial_params,
+            "old_log_probs": old_log_probs, "input_ids": input_ids, "attention_mask": attention_mask, "advantages": advantages}
+
+
+def _parameters(worker) -> dict[str, torch.Tensor]:
+    return {name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            for name, p in worker.engine.module.named_parameters()}
 
 
 @contextmanager
@@ -162,7 +178,7 @@ def run_cases(model_path: str, cases: dict[str, dict]) -> dict[str, dict]:
         try:
             results[name] = run_updates(model_path, **spec)
         except Exception as error:  # noqa: BLE001  (recorded for the caller to check)
-            results[name] = {"error": f"{type(error).__name__}: {error}"}
+            results[name] = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
     return results
 
 
@@ -170,6 +186,9 @@ def main(spec_path: str, out_path: str) -> None:
     """torchrun entry: {"model_path", "cases"} (JSON) in, rank 0's ``run_cases`` result out (torch.save)."""
     spec = json.loads(open(spec_path).read())
     results = run_cases(spec["model_path"], spec["cases"])
+    for name, result in results.items():
+        if "traceback" in result:
+            print(f"rank {os.environ.get('RANK', '0')}, case {name}:\n{result['traceback']}", file=sys.stderr)
     if int(os.environ.get("RANK", "0")) == 0:
         torch.save(results, out_path)
 
