@@ -6,49 +6,13 @@ so our trainers call ``require()``, which fails loudly if the plugin is not acti
 The token-weighted policy losses (``policy_loss``) register with verl when its ``core_algos`` is imported, not before.
 """
 
-import importlib.abc
-import importlib.util
 import os
-import sys
 
 from ranktuner_verl.integration import compat, engine_hook, platform_cpu
-
-POLICY_LOSS_MODULE = "verl.trainer.ppo.core_algos"
-
-
-def when_imported(module_name: str, fn) -> None:
-    """Run ``fn()`` right after ``module_name`` is first imported (now, if it already is)."""
-    if module_name in sys.modules:
-        fn()
-        return
-    sys.meta_path.insert(0, _AfterImport(module_name, fn))
+from ranktuner_verl.integration.on_import import when_imported
 
 
-class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """A meta path finder that lets the normal loader run, then calls ``fn`` once and removes itself."""
-
-    def __init__(self, module_name, fn):
-        self.module_name, self.fn, self.loader = module_name, fn, None
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != self.module_name or self.loader is not None:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None:
-            return spec
-        self.loader, spec.loader = spec.loader, self
-        return spec
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module):
-        self.loader.exec_module(module)
-        self.fn()
-
-
-def _register_policy_losses() -> None:
+def _register_policy_losses(_core_algos) -> None:
     from ranktuner_verl.integration import policy_loss
 
     policy_loss.register()
@@ -57,7 +21,7 @@ def _register_policy_losses() -> None:
 CPU_PLATFORM_ACTIVE = platform_cpu.install()
 engine_hook.install()
 compat.tolerate_trl_without_value_head()
-when_imported(POLICY_LOSS_MODULE, _register_policy_losses)
+when_imported("verl.trainer.ppo.core_algos", _register_policy_losses)
 
 
 ENTRY_POINT = "ranktuner_verl"  # our name in the "verl.plugins" group (pyproject.toml)
