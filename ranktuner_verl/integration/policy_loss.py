@@ -34,7 +34,7 @@ BASE_LOSSES = ("vanilla", "dppo_tv", "dppo_kl", "gspo", "sapo", "gpg", "clip_cov
 OPTIONS = {
     "base_loss": Param("vanilla", choices=BASE_LOSSES),
     "apply_to": Param("both", choices=("both", "positive", "negative")),  # tokens by the sign of their advantage
-    "normalize": Param(False, choices=(False, True)),  # w <- w / mean(w) over the micro-batch's weighted tokens
+    "mean_one": Param(False, choices=(False, True)),  # w <- w / mean(w) over the micro-batch's weighted tokens
     "clamp_min": Param(0.0, low=0.0),
     "clamp_max": Param(2.0, low=0.0, low_open=True),
 }
@@ -56,7 +56,7 @@ class TokenWeightOptions:
     rho: float | None
     base_loss: str
     apply_to: str
-    normalize: bool
+    mean_one: bool
     clamp_min: float
     clamp_max: float
 
@@ -154,7 +154,7 @@ def token_weights(options: TokenWeightOptions, stats: dict, log_prob, advantages
     else:
         w = options.method.weights({**picked, "log_prob": log_prob.detach()[selected]})
     w = w.clamp(options.clamp_min, options.clamp_max)
-    if options.normalize:
+    if options.mean_one:
         w = w / w.mean().clamp(min=torch.finfo(torch.float32).tiny)
     weights[selected] = w.float()
     return weights.detach()
@@ -210,3 +210,34 @@ def register() -> None:
             raise RuntimeError(f"verl already has a policy loss named {mode!r}; ranktuner_verl will not replace it")
         register_policy_loss(mode)(weighted_policy_loss)
         engine_hook.register_policy_loss_request(mode, _request_for)
+
+
+def check_ppo_config(config) -> None:
+    """Start-up checks of a composed PPO config (``configs/ppo.yaml``) whose actor loss mode is ours: the options,
+    and what would silently or late defeat the weights. Nothing to check for verl's own loss modes."""
+    actor = config.actor_rollout_ref.actor
+    mode = actor.policy_loss.loss_mode
+    if mode not in LOSS_MODES:
+        return
+    parse_options(mode, actor.policy_loss.get("token_weight"))
+    problems = []
+    if actor.strategy not in ("fsdp", "fsdp2"):
+        problems.append(f"actor_rollout_ref.actor.strategy={actor.strategy}: the statistics are computed in verl's "
+                        "FSDP engine only; use fsdp or fsdp2")
+    if config.actor_rollout_ref.model.get("use_fused_kernels", False):
+        problems.append("actor_rollout_ref.model.use_fused_kernels=True never materialises the logits the "
+                        "statistics need; set it to False")
+    bypass = config.get("algorithm", {}).get("rollout_correction", {}).get("bypass_mode", False)
+    if bypass:
+        problems.append("algorithm.rollout_correction.bypass_mode=True replaces policy_loss.loss_mode with "
+                        "'bypass_mode' (the weights would be dropped); set it to False")
+    if problems:
+        raise ValueError(f"policy_loss.loss_mode={mode}: " + "; ".join(problems))
+    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+
+    from ranktuner_verl.integration import plugin
+
+    plugin.require(for_workers=True)
+    if POLICY_LOSS_REGISTRY.get(mode) is not weighted_policy_loss:
+        raise RuntimeError(f"policy_loss.loss_mode={mode} is not registered with verl: the ranktuner_verl plugin "
+                           "did not load (pip install -e . on every node)")
