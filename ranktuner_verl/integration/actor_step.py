@@ -13,8 +13,9 @@ import json
 import os
 import socket
 import sys
+import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 
 import torch
@@ -22,7 +23,7 @@ import torch
 # the per-case knobs and their defaults: loss_mode, token_weight options, engine settings, batch shape
 DEFAULTS = dict(loss_mode="vanilla", token_weight={}, temperature=1.0, use_remove_padding=True, ulysses=1,
                 param_dtype="fp32", batch=6, prompt_len=12, response_len=20, seed=0, steps=1, lr=1e-2,
-                micro_batch=3, old_log_prob_noise=0.3, record_logits=False, hook=True)
+                micro_batch=3, old_log_prob_noise=0.3, record=True, record_logits=False, hook=True)
 
 
 def _env_for_one_process() -> None:
@@ -102,19 +103,23 @@ def run_updates(model_path: str, **spec) -> dict:
         policy_loss=TokenWeightedPolicyLossConfig(loss_mode=spec["loss_mode"], token_weight=spec["token_weight"]))
     worker.set_loss_fn(partial(ppo_loss, config=actor_config))
     fields.update(old_log_probs=old_log_probs, advantages=advantages)
-    records, metrics, initial_params = [], [], _parameters(worker)
-    with _recording(records, spec["record_logits"]), _hook_removed(not spec["hook"]):
+    records, metrics, seconds, initial_params = [], [], [], _parameters(worker)
+    recording = _recording(records, spec["record_logits"]) if spec["record"] else nullcontext()
+    with recording, _hook_removed(not spec["hook"]):
         for _ in range(spec["steps"]):
             batch = left_right_2_no_padding(DataProto.from_single_dict(fields, meta_info=meta).to_tensordict())
             tu.assign_non_tensor(batch, global_batch_size=spec["batch"])
+            started = time.perf_counter()
             output = worker.train_batch(batch)
+            seconds.append(time.perf_counter() - started)
             if output is not None:
                 metrics.append({key: Metric.aggregate_dp(value) if isinstance(value, list) and
                                 isinstance(value[0], Metric) else value
                                 for key, value in tu.get(output, "metrics").items()})
     params = _parameters(worker)
-    return {"metrics": metrics, "records": records, "params": params, "initial_params": initial_params,
-            "old_log_probs": old_log_probs, "input_ids": input_ids, "attention_mask": attention_mask, "advantages": advantages}
+    return {"metrics": metrics, "seconds": seconds, "records": records, "params": params,
+            "initial_params": initial_params, "old_log_probs": old_log_probs, "input_ids": input_ids,
+            "attention_mask": attention_mask, "advantages": advantages}
 
 
 def _parameters(worker) -> dict[str, torch.Tensor]:

@@ -104,3 +104,17 @@ def test_verls_own_ppo_config_builds_as_before():
     check_ppo_config(stock)  # vanilla: nothing to check
     policy_loss = _actor_config(stock).policy_loss
     assert type(policy_loss) is PolicyLossConfig and policy_loss.loss_mode == "vanilla"
+
+
+def test_train_grpo_script_stops_on_a_bad_option_before_ray_starts(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(integration.__file__).parents[2]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", str(root / "scripts/train_grpo.sh"), f"{MODE}=ranktuner", f"{OPTION}base=two"],
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode != 0
+    assert "base='two' is not valid; use one of 'p', 'one'" in result.stderr
+    assert "ray" not in result.stderr.lower().replace("array", "")  # stopped before Ray started
