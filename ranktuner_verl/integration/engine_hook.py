@@ -1,9 +1,9 @@
 """The engine hook: token statistics computed where the logits exist, inside verl's FSDP actor forward pass.
 
 verl 0.9.1 hands the loss function to ``FSDPEngineWithLMHead.prepare_model_outputs`` as ``logits_processor_func``.
-``install()`` wraps that method so that it is an exact pass-through unless that loss asks for statistics
-(``stats_request``): our SFT loss object does (``StatsRequest``), and so does verl's own ``partial(ppo_loss,
-config=actor_config)`` when ``actor_config.policy_loss.loss_mode`` is one of the modes registered here by
+``install()`` wraps that method once verl imports its engine module (``on_import``), so that it is an exact
+pass-through unless that loss asks for statistics (``stats_request``): our SFT loss object does (``StatsRequest``),
+and so does verl's own ``partial(ppo_loss, config=actor_config)`` when ``actor_config.policy_loss.loss_mode`` is one of the modes registered here by
 ``register_policy_loss_request`` (``integration/policy_loss.py``). Then the statistics (``ranktuner_verl.stats``, no
 grad, a chunk of rows at a time) come from the same logits, temperature and labels as verl's ``log_probs``; they are
 gathered over the Ulysses group and unpadded by verl's own ``_gather_and_unpad_packed`` and put next to ``log_probs``
@@ -16,9 +16,12 @@ This module imports neither loss module: each loss declares what it needs, and t
 from __future__ import annotations
 
 import functools
+import importlib
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import torch
+
+from ranktuner_verl.integration.on_import import when_imported
 
 _ORIGINAL_ATTR = "_ranktuner_original_prepare_model_outputs"
 STAT_KEY_PREFIX = "token_stat_"  # model_output keys; verl's own "entropy"/"sum_pi_squared" stay untouched
@@ -62,19 +65,23 @@ def stats_request(loss_fn) -> StatsRequest | None:
     return None
 
 
-def _engine_class():
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
-
-    return FSDPEngineWithLMHead
+ENGINE_MODULE = "verl.workers.engine.fsdp.transformer_impl"  # defines FSDPEngineWithLMHead
 
 
 def is_installed() -> bool:
-    return hasattr(_engine_class(), _ORIGINAL_ATTR)
+    """Whether ``FSDPEngineWithLMHead`` is wrapped; imports verl's engine (our trainers build it anyway)."""
+    return hasattr(importlib.import_module(ENGINE_MODULE).FSDPEngineWithLMHead, _ORIGINAL_ATTR)
 
 
 def install() -> None:
-    """Wrap ``FSDPEngineWithLMHead.prepare_model_outputs`` (idempotent)."""
-    engine_cls = _engine_class()
+    """Wrap ``FSDPEngineWithLMHead.prepare_model_outputs`` once verl's engine module is imported (or now, if it is):
+    ``import verl`` alone does not load the engine."""
+    when_imported(ENGINE_MODULE, _wrap_engine)
+
+
+def _wrap_engine(engine_module) -> None:
+    """Idempotent."""
+    engine_cls = engine_module.FSDPEngineWithLMHead
     if hasattr(engine_cls, _ORIGINAL_ATTR):
         return
     original = engine_cls.prepare_model_outputs

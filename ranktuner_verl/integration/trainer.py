@@ -17,7 +17,7 @@ import time
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ranktuner_verl.integration import plugin
+from ranktuner_verl.integration import platform_cpu, plugin
 from ranktuner_verl.integration.loss import WeightedSFTLoss, reduce_step_metrics
 
 from verl.trainer.sft_trainer import SFTTrainer  # noqa: E402  (after the plugin: it must see the CPU platform)
@@ -71,8 +71,9 @@ def validate_data(config: DictConfig) -> None:
 
 
 def apply_cpu_defaults(config: DictConfig) -> None:
-    """On the CPU platform: device cpu, FSDP2 (FSDP1 refuses CPU parameters), SDPA attention (no flash-attn)."""
-    if not plugin.CPU_PLATFORM_ACTIVE:
+    """On the CPU platform: device cpu, FSDP2 (FSDP1 refuses CPU parameters), SDPA attention (no flash-attn).
+    The Ray driver calls it once connected, when the CPU platform knows whether the cluster has accelerators."""
+    if not platform_cpu.active():
         return
     with open_dict(config):
         config.trainer.device = "cpu"
@@ -87,7 +88,6 @@ def prepare(config: DictConfig, for_workers: bool = False) -> WeightedSFTLoss:
     plugin.require(for_workers)
     loss = build_loss(config)
     validate_data(config)
-    apply_cpu_defaults(config)
     return loss
 
 
@@ -141,6 +141,7 @@ def run(config: DictConfig) -> None:
     from verl.utils.distributed import destroy_global_process_group, initialize_global_process_group
 
     prepare(config)
+    apply_cpu_defaults(config)
     auto_set_device(config)
     initialize_global_process_group()
     RankTunerSFTTrainer(config=config).fit()

@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ranktuner_verl.integration.trainer import (
-    CONFIG_DIR, CONFIG_NAME, StepMetricsClient, prepare, use_weighted_loss, with_reduced_metrics,
+    CONFIG_DIR, CONFIG_NAME, StepMetricsClient, apply_cpu_defaults, prepare, use_weighted_loss, with_reduced_metrics,
 )
 
 from verl.trainer.sft_trainer_ray import SFTTrainer as VerlRaySFTTrainer  # noqa: E402  (after the plugin)
@@ -49,9 +49,11 @@ def run(config: DictConfig) -> None:
     from verl.utils.device import auto_set_device
 
     prepare(config, for_workers=True)
-    auto_set_device(config)
     if not ray.is_initialized():
         ray.init()
+    # only now: on a CPU head node the CPU platform stays active until ray.init shows the cluster's GPUs
+    apply_cpu_defaults(config)
+    auto_set_device(config)
     RankTunerRaySFTTrainer(config=config).fit()
 
 
