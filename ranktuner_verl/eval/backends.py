@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 END_OF_TEXT = "<|endoftext|>"
 DEFAULT_CHUNK_SIZE = 512  # vllm: problems per generate call (x n samples each)
@@ -70,9 +73,14 @@ def problem_seed(seed: int, problem_id: str, first_sample: int = 0) -> int:
 
 def stop_tokens(tokenizer, model_path: str | Path | None = None) -> dict[str, int]:
     """token -> id of every token that ends a sample (see the module doc), sorted by id."""
-    found = {}
-    turn = tokenizer.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": "\x01"}],
-                                         tokenize=False) if getattr(tokenizer, "chat_template", None) else ""
+    found, turn = {}, ""
+    try:  # a template may refuse a conversation that ends with the assistant: then only the end-of-text tokens
+        if getattr(tokenizer, "chat_template", None):
+            turn = tokenizer.apply_chat_template([{"role": "user", "content": "q"},
+                                                  {"role": "assistant", "content": "\x01"}], tokenize=False)
+    except Exception as error:  # noqa: BLE001 - jinja raises whatever the template author chose
+        logger.warning("%s: the chat template cannot render an assistant turn (%s); stopping at end-of-text only",
+                       model_path, error)
     after = turn.split("\x01", 1)[1] if "\x01" in turn else ""
     special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
     for token_id in tokenizer(after, add_special_tokens=False)["input_ids"] if after.strip() else []:

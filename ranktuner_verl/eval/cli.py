@@ -59,7 +59,7 @@ def grade_benchmark(bench_dir: str | Path, timeout: float | None = DEFAULT_TIMEO
     if kind == "code":
         grader = "tests"
         grades = code.grade_code_many(texts, [by_id[pid].extra for pid, _ in keys], timeout=timeout or
-                                      code.DEFAULT_TIMEOUT_S, workers=workers)
+                                      DEFAULT_TIMEOUT_S, workers=workers)
     elif kind == "choice":
         grader = "choice letter"
         grades = [grade_choice(text, by_id[pid].answer, len(by_id[pid].extra["choices"]))

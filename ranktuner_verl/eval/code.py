@@ -24,9 +24,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 
-from ranktuner_verl.eval.grading import Grade
+from ranktuner_verl.eval.grading import DEFAULT_TIMEOUT_S, Grade
 
-DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MEMORY_MB = 1024
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
 
