@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
-# GRPO on GSM8K with RankTuner token weights in the policy loss, one 8-GPU node, vLLM rollout (docs/rl.md).
-#     LOSS_MODE=ranktuner|vanilla|dft|talr|eaft|deft|high_entropy bash examples/grpo_gsm8k_ranktuner.sh [overrides]
+# GRPO on GSM8K with token weights in the policy loss, one node of GPUs, vLLM rollout (docs/rl.md):
+#     LOSS_MODE=ranktuner bash examples/grpo_gsm8k_ranktuner.sh [extra Hydra overrides]
 # Data: verl's own GSM8K preprocessing (verl repository, examples/data_preprocess/gsm8k.py --local_save_dir DIR)
 # writes DIR/train.parquet and DIR/test.parquet with the prompt, data_source and ground truth verl's reward reads.
+# Variables (default):
+#   MODEL        the policy (Qwen/Qwen2.5-Math-1.5B)
+#   DATA_DIR     verl's GSM8K parquet files ($HOME/data/gsm8k)
+#   NGPUS        GPUs on the node (8)
+#   LOSS_MODE    ranktuner|dft|talr|eaft|deft|high_entropy, or vanilla for stock verl (ranktuner)
+#   PYTHON       the interpreter (.venv/bin/python when .venv exists, else python)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/../scripts/lib.sh"
+help_if_asked "$0" "$@"
 
 MODEL=${MODEL:-Qwen/Qwen2.5-Math-1.5B}
 DATA_DIR=${DATA_DIR:-$HOME/data/gsm8k}
 NGPUS=${NGPUS:-8}
 LOSS_MODE=${LOSS_MODE:-ranktuner}
-[ -f "$DATA_DIR/train.parquet" ] || { echo "no $DATA_DIR/train.parquet: run verl's examples/data_preprocess/gsm8k.py --local_save_dir $DATA_DIR" >&2; exit 1; }
+if [ ! -f "$DATA_DIR/train.parquet" ]; then
+    echo "no $DATA_DIR/train.parquet: run verl's examples/data_preprocess/gsm8k.py --local_save_dir $DATA_DIR" >&2
+    exit 1
+fi
 
-bash scripts/train_grpo.sh \
+exec bash "$ROOT/scripts/train_grpo.sh" \
     actor_rollout_ref.actor.policy_loss.loss_mode="$LOSS_MODE" \
     data.train_files="$DATA_DIR/train.parquet" data.val_files="$DATA_DIR/test.parquet" \
     data.train_batch_size=256 data.max_prompt_length=512 data.max_response_length=1024 \
