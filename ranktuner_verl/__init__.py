@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from ranktuner_verl.methods import (  # noqa: E402
     METHODS,
     Method,
+    expected_rank_proxy,
     get_method,
     guessing_entropy_bound,
     relative_scale,
@@ -21,6 +22,6 @@ from ranktuner_verl.loss import weighted_nll  # noqa: E402
 from ranktuner_verl.stats import STATS, expected_rank_sorted, token_stats  # noqa: E402
 
 __all__ = [
-    "METHODS", "Method", "STATS", "expected_rank_sorted", "get_method", "guessing_entropy_bound", "relative_scale",
+    "METHODS", "Method", "STATS", "expected_rank_proxy", "expected_rank_sorted", "get_method", "guessing_entropy_bound", "relative_scale",
     "token_stats", "token_weights", "weighted_nll",
 ]

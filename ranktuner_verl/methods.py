@@ -220,10 +220,30 @@ def deft(stats, mask, gate):
     return (alpha * log_p).exp()
 
 
+#: RankTuner's floor on p_t * s(H_t) in the practical form (the authors' loss code): S_t <= 1e6^K.
+RANKTUNER_MIN_PS = 1e-6
+#: RankTuner's proxies of E[R_t] in the practical form (``expected_rank_proxy``); the first is the default.
+RANKTUNER_PROXIES = ("piecewise", "massey")
+
+
 def guessing_entropy_bound(entropy_bits: torch.Tensor) -> torch.Tensor:
-    """s(H) = 2^(H-2) + 1, H in bits: Massey's (1994) lower bound on E[R] for H >= 2, RankTuner's proxy for E[R]
-    in the practical form (docs/methods.md: reconstructed from the bound the paper cites; applied for all H)."""
+    """2^(H-2) + 1, H in bits: Massey's (1994) lower bound on E[R], valid for H >= 2 bits."""
     return torch.exp2(entropy_bits - 2) + 1
+
+
+def expected_rank_proxy(entropy_bits: torch.Tensor, p_max: torch.Tensor | None, proxy: str = "piecewise"):
+    """s(H_t), RankTuner's proxy of E[R_t] in the practical form (Yu et al., arXiv 2602.01745; docs/methods.md).
+
+    piecewise (the authors' loss code): s = 2^(H-2) + 1 for H >= 2 bits (Massey's bound), 1 + (1 - p_max) below
+        (every token but the most likely one has rank >= 2, so E[R] >= 1 + (1 - p_max)).
+    massey (ablation; this project's earlier form): s = 2^(H-2) + 1 for every H.
+    """
+    massey = guessing_entropy_bound(entropy_bits)
+    if proxy == "massey":
+        return massey
+    if proxy != "piecewise":
+        raise ValueError(f"unknown RankTuner proxy {proxy!r}; valid: {', '.join(map(repr, RANKTUNER_PROXIES))}")
+    return torch.where(entropy_bits >= 2, massey, 2 - p_max)
 
 
 def rank_exponent(xi: torch.Tensor) -> torch.Tensor:
@@ -236,32 +256,47 @@ def _rank_f(x: torch.Tensor) -> torch.Tensor:
     return 1.0 / torch.log2(x + 1)
 
 
-def relative_scale(stats: Mapping[str, torch.Tensor], form: str = "practical") -> torch.Tensor:
-    """RankTuner's Relative Scale S_t = 1 / I_t (Yu et al., arXiv 2602.01745).
+def _ranktuner_needs(params: Mapping[str, Any]) -> set[str]:
+    if params.get("form", "practical") == "exact":
+        return {"rank", "expected_rank"}
+    return {"rank", "entropy", "log_prob"} | ({"p_max"} if params.get("proxy", "piecewise") == "piecewise" else set())
+
+
+def relative_scale(stats: Mapping[str, torch.Tensor], form: str = "practical", proxy: str = "piecewise",
+                   **_other_params) -> torch.Tensor:
+    """RankTuner's Relative Scale S_t = 1 / I_t (Yu et al., arXiv 2602.01745), from ``token_stats`` output and the
+    method's parameters (``relative_scale(stats, **method.params)``; ``base`` does not change S_t).
 
     exact:     I_t = 2^(f(R_t) - f(E[R_t])), f(x) = 1/log2(x+1)   =>  S_t = 2^(f(E[R_t]) - f(R_t)).
-    practical: S_t = (p_t * s(H_t))^(-K(xi_t)), s(H) = 2^(H-2) + 1 (H in bits), xi_t = max(R_t, s(H_t)),
-               K(xi) = log2(xi + 1)^-2 (Cauchy mean value theorem on f against ln; the paper drops xi/(xi+1)).
-    Needs rank and expected_rank (exact) or rank, entropy and log_prob (practical).
+    practical: S_t = max(p_t * s_t, 1e-6)^(-K(xi_t)), s_t = ``expected_rank_proxy`` (H in bits),
+               xi_t = max(R_t, s_t, 1), K(xi) = log2(xi + 1)^-2 (Cauchy mean value theorem on f against ln; the paper
+               drops a factor xi/(xi+1)).
     """
+    for name, value in (("form", form), ("proxy", proxy)):
+        METHODS["ranktuner"].params[name].check("ranktuner", name, value)
+    missing = _ranktuner_needs({"form": form, "proxy": proxy}) - stats.keys()
+    if missing:
+        raise KeyError(f"RankTuner's relative scale (form={form}, proxy={proxy}) needs statistics {sorted(missing)}, "
+                       f"got only {sorted(stats)}")
     rank = stats["rank"]
     if form == "exact":
         return torch.exp2(_rank_f(stats["expected_rank"].clamp(min=1)) - _rank_f(rank))
-    if form != "practical":
-        raise ValueError(f"unknown RankTuner form {form!r}; valid: 'practical', 'exact'")
-    proxy = guessing_entropy_bound(stats["entropy"].clamp(min=0) / LN2)
-    k = rank_exponent(torch.maximum(rank, proxy))
-    log_p = stats["log_prob"].clamp(min=LOG_TINY)
-    return torch.exp(-k * (log_p + proxy.log()))
+    s = expected_rank_proxy(stats["entropy"].clamp(min=0) / LN2, stats.get("p_max"), proxy)
+    k = rank_exponent(torch.maximum(rank, s).clamp(min=1))
+    # max(p s, 1e-6) in log space: exact, and a label of probability 0 (log p = -inf) lands on the floor
+    log_ps = (stats["log_prob"] + s.log()).clamp(min=math.log(RANKTUNER_MIN_PS))
+    return torch.exp(-k * log_ps)
 
 
 @register(
     "ranktuner",
     source="Yu et al., arXiv 2602.01745 (RankTuner, ICML 2026)",
-    needs=lambda p: {"rank", "entropy"} if p["form"] == "practical" else {"rank", "expected_rank"},
-    params={"form": Param("practical", choices=("practical", "exact")), "base": Param("p", choices=("p", "one"))},
+    needs=_ranktuner_needs,
+    params={"form": Param("practical", choices=("practical", "exact")), "base": Param("p", choices=("p", "one")),
+            "proxy": Param(RANKTUNER_PROXIES[0], choices=RANKTUNER_PROXIES)},
 )
-def ranktuner(stats, mask, form, base):
-    """w_t = base_t * S_t, base_t = p_t ("p", the paper's choice for math) or 1 ("one"); S_t: ``relative_scale``."""
-    scale = relative_scale(stats, form)
+def ranktuner(stats, mask, form, base, proxy):
+    """w_t = base_t * S_t, base_t = p_t ("p", the paper's choice for math) or 1 ("one"); S_t: ``relative_scale``
+    (``proxy`` applies to the practical form only)."""
+    scale = relative_scale(stats, form, proxy)
     return scale * stats["log_prob"].exp() if base == "p" else scale

@@ -22,6 +22,7 @@ STATS = {
     "logsumexp": "log sum_v exp z_t(v), the softmax normaliser (the fused loss recomputes pi_t from it in backward)",
     "entropy": "H_t = -sum_v pi_t(v) ln pi_t(v), in nats (bits = nats / ln 2)",
     "sum_pi_squared": "sum_v pi_t(v)^2, the collision probability exp(-H_2) (DEFT's gate)",
+    "p_max": "max_v pi_t(v), the largest probability (RankTuner's proxy of E[R_t] below 2 bits of entropy)",
     "topk_entropy": "entropy (nats) of softmax over the top_k largest logits (EAFT)",
     "rank": "R_t = |{v : pi_t(v) >= p_t}|, the 1-based rank of the label (RankTuner)",
     "expected_rank": "E[R_t] = sum_i i * pi_t,(i) over the probabilities sorted descending (RankTuner, exact form)",
@@ -101,7 +102,7 @@ def _chunk_stats(logits: torch.Tensor, labels: torch.Tensor, needs: frozenset[st
         out["rank"] = torch.count_nonzero(z >= z_label, dim=1).float()
     if "topk_entropy" in needs:
         out["topk_entropy"] = entropy_of_logits(z.topk(min(top_k, z.shape[1]), dim=1).values)
-    if needs & {"log_prob", "logsumexp", "entropy", "sum_pi_squared", "expected_rank"}:
+    if needs & {"log_prob", "logsumexp", "entropy", "sum_pi_squared", "p_max", "expected_rank"}:
         z_max = z.amax(1, keepdim=True)
         z_max = torch.where(torch.isfinite(z_max), z_max, torch.zeros_like(z_max))
         shifted = (z - z_max).clamp_(min=_LOGIT_FLOOR)  # z - max z <= 0
@@ -112,6 +113,8 @@ def _chunk_stats(logits: torch.Tensor, labels: torch.Tensor, needs: frozenset[st
             out["log_prob"] = (z_label - z_max - log_total).squeeze(1)
         if "logsumexp" in needs:
             out["logsumexp"] = (z_max + log_total).squeeze(1)
+        if "p_max" in needs:
+            out["p_max"] = total.reciprocal().squeeze(1)  # the top logit's exp(z - max z) is 1
         if "entropy" in needs:
             # H = lse - sum pi z = log_total - sum pi (z - max z): no cancellation for large logits.
             out["entropy"] = (log_total.squeeze(1) - torch.linalg.vecdot(probs, shifted) / total.squeeze(1)).clamp_(min=0)

@@ -77,6 +77,6 @@ def test_empty_batch_gives_zero_loss():
 
 def test_stats_and_weights_are_detached():
     z = torch.randn(4, 9, requires_grad=True)
-    stats = token_stats(z, torch.zeros(4, dtype=torch.long), {"log_prob", "entropy", "rank"})
+    stats = token_stats(z, torch.zeros(4, dtype=torch.long), get_method("ranktuner").needs)
     assert not any(v.requires_grad for v in stats.values())
     assert not get_method("ranktuner").weights(stats).requires_grad

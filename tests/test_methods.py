@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ranktuner_verl import METHODS, get_method, relative_scale, token_weights, weighted_nll
-from ranktuner_verl.methods import guessing_entropy_bound, rank_exponent
+from ranktuner_verl import METHODS, get_method, relative_scale, token_stats, token_weights, weighted_nll
+from ranktuner_verl.methods import expected_rank_proxy, guessing_entropy_bound, rank_exponent
 
 LN2 = math.log(2)
 
@@ -25,6 +25,7 @@ VARIANTS = [
     ("deft", {"gate": "cayley"}),
     ("ranktuner", {}),
     ("ranktuner", {"base": "one"}),
+    ("ranktuner", {"proxy": "massey"}),
     ("ranktuner", {"form": "exact"}),
     ("ranktuner", {"form": "exact", "base": "one"}),
 ]
@@ -77,8 +78,10 @@ def test_one_hot_prediction():
     assert token_weights("eaft", logits, labels).tolist() == [0, 0]  # certain tokens carry no entropy weight
     assert token_weights("deft", logits, labels).tolist() == [1, 1]
     assert token_weights("ranktuner", logits, labels, form="exact").tolist() == [1, 1]  # I = 1 when R = E[R]
-    k = math.log2(2.25) ** -2  # s(0) = 1.25 = xi
-    assert token_weights("ranktuner", logits, labels).tolist() == pytest.approx([1.25 ** -k] * 2)
+    # piecewise: s = 1 + (1 - p_max) = 1 = xi, K = 1, S = (1 * 1)^-1 = 1
+    assert token_weights("ranktuner", logits, labels).tolist() == [1, 1]
+    k = math.log2(2.25) ** -2  # massey: s(0) = 1.25 = xi
+    assert token_weights("ranktuner", logits, labels, proxy="massey").tolist() == pytest.approx([1.25 ** -k] * 2)
 
 
 def test_two_token_distribution():
@@ -114,14 +117,45 @@ def test_deft_cayley_gate_uses_the_batch_mean():
     torch.testing.assert_close(get_method("deft", gate="cayley").weights({"log_prob": p.log()}), p**alpha)
 
 
-def test_worked_values_of_the_practical_form():
-    """The table of docs/methods.md: (p, H bits, R) -> S and p*S."""
-    table = [(0.9, 0.5, 1, 0.879, 0.791), (0.5, 3.0, 2, 0.904, 0.452), (0.05, 0.5, 3, 1.961, 0.098),
-             (0.01, 6.0, 40, 1.064, 0.011)]
-    for p, h, r, s_want, w_want in table:
-        stats = {"log_prob": torch.tensor([math.log(p)]), "entropy": torch.tensor([h * LN2]), "rank": torch.tensor([r])}
-        assert relative_scale(stats).item() == pytest.approx(s_want, abs=1e-3)
-        assert get_method("ranktuner").weights(stats).item() == pytest.approx(w_want, abs=1e-3)
+#: docs/methods.md's worked table, practical form: (p, H bits, p_max, R) -> S and p*S for proxy=piecewise (the
+#: default) and proxy=massey. Below 2 bits the two differ; from 2 bits on they agree; the third row hits the 1e-6 floor.
+WORKED = [
+    ((0.9, 0.5, 0.9, 1), (1.0088, 0.9079), (0.8786, 0.7907)),
+    ((0.05, 0.5, 0.93, 3), (2.0793, 0.1040), (1.9606, 0.0980)),
+    ((1e-7, 1.0, 0.8, 5000), (1.0958, 1.096e-7), (1.0958, 1.096e-7)),
+    ((0.3, 1.99, 0.5, 2), (1.3742, 0.4123), (1.2272, 0.3682)),
+    ((0.3, 2.0, 0.5, 2), (1.2255, 0.3676), (1.2255, 0.3676)),
+    ((0.5, 3.0, 0.5, 2), (0.9036, 0.4518), (0.9036, 0.4518)),
+    ((0.01, 6.0, 0.05, 40), (1.0637, 0.01064), (1.0637, 0.01064)),
+]
+
+
+@pytest.mark.parametrize("row", WORKED, ids=lambda r: "p={},H={},p_max={},R={}".format(*r[0]))
+def test_worked_values_of_the_practical_form(row):
+    (p, h, p_max, r), piecewise, massey = row
+    stats = {"log_prob": torch.tensor([math.log(p)]), "entropy": torch.tensor([h * LN2]),
+             "p_max": torch.tensor([p_max]), "rank": torch.tensor([float(r)])}
+    for proxy, (s_want, w_want) in (("piecewise", piecewise), ("massey", massey)):
+        assert relative_scale(stats, proxy=proxy).item() == pytest.approx(s_want, abs=1e-4), proxy
+        method = get_method("ranktuner", proxy=proxy)
+        assert method.weights(stats).item() == pytest.approx(w_want, rel=1e-3), proxy
+        assert get_method("ranktuner", proxy=proxy, base="one").weights(stats).item() == pytest.approx(s_want, abs=1e-4)
+        # the logged S_t takes the method's params as they are
+        assert relative_scale(stats, **method.params).item() == pytest.approx(s_want, abs=1e-4)
+    assert relative_scale(stats).item() == pytest.approx(piecewise[0], abs=1e-4)  # piecewise is the default
+
+
+def test_expected_rank_proxy_is_a_lower_bound_of_the_expected_rank():
+    """s(H) <= E[R] on random distributions on both sides of H = 2 bits (piecewise: 1 + (1 - p_max) below 2 bits)."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(400, 50, generator=g) * torch.logspace(-1, 1.5, 400)[:, None]
+    stats = token_stats(logits, torch.zeros(400, dtype=torch.long), {"entropy", "p_max", "expected_rank"})
+    bits = stats["entropy"] / LN2
+    s = expected_rank_proxy(bits, stats["p_max"], "piecewise")
+    assert (bits < 2).sum() > 50 and (bits >= 2).sum() > 50
+    assert (s <= stats["expected_rank"] * (1 + 1e-5)).all()
+    massey = expected_rank_proxy(bits, None, "massey")
+    assert (massey[bits < 2] > stats["expected_rank"][bits < 2]).any()  # why Massey's bound is not used below 2 bits
 
 
 # ---- the paper's properties --------------------------------------------------------------------------------------
@@ -201,7 +235,8 @@ def test_unknown_name_lists_the_valid_ones():
         ("talr", {"w_min": float("nan")}, r"w_min=nan is not valid; use a number"),
         ("deft", {"gate": "renyi"}, r"gate='renyi' is not valid; use one of 'renyi2', 'cayley'"),
         ("ranktuner", {"form": "approx"}, r"form='approx' is not valid; use one of 'practical', 'exact'"),
-        ("ranktuner", {"bse": "p"}, r"unknown parameter\(s\) \['bse'\]; valid: form .*, base "),
+        ("ranktuner", {"proxy": "entropy"}, r"proxy='entropy' is not valid; use one of 'piecewise', 'massey'"),
+        ("ranktuner", {"bse": "p"}, r"unknown parameter\(s\) \['bse'\]; valid: form .*, base .*, proxy "),
         ("sft", {"alpha": 1}, r"unknown parameter\(s\) \['alpha'\]; valid: none"),
     ],
 )
@@ -217,13 +252,18 @@ def test_needs_follow_the_options():
     assert get_method("eaft", top_k=5).stat_kwargs == {"top_k": 5}
     assert get_method("deft").needs == {"log_prob", "sum_pi_squared"}
     assert get_method("deft", gate="cayley").needs == {"log_prob"}
-    assert get_method("ranktuner").needs == {"log_prob", "rank", "entropy"}
+    assert get_method("ranktuner").needs == {"log_prob", "rank", "entropy", "p_max"}
+    assert get_method("ranktuner", proxy="massey").needs == {"log_prob", "rank", "entropy"}
     assert get_method("ranktuner", form="exact").needs == {"log_prob", "rank", "expected_rank"}
 
 
 def test_missing_statistic_is_named():
-    with pytest.raises(KeyError, match=r"needs statistics \['entropy', 'rank'\]"):
+    with pytest.raises(KeyError, match=r"needs statistics \['entropy', 'p_max', 'rank'\]"):
         get_method("ranktuner").weights({"log_prob": torch.zeros(3)})
+    with pytest.raises(KeyError, match=r"needs statistics \['p_max'\]"):  # the logged S_t too
+        relative_scale({"log_prob": torch.zeros(3), "entropy": torch.zeros(3), "rank": torch.ones(3)})
+    with pytest.raises(ValueError, match=r"proxy='bits' is not valid; use one of 'piecewise', 'massey'"):
+        relative_scale({}, proxy="bits")
 
 
 # ---- robustness: weights finite and non-negative everywhere -------------------------------------------------------

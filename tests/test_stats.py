@@ -23,6 +23,7 @@ def brute_force(logits: torch.Tensor, labels: torch.Tensor, top_k: int = 20) -> 
         out["logsumexp"].append(torch.logsumexp(z, 0))
         out["entropy"].append(-(nz * nz.log()).sum())
         out["sum_pi_squared"].append((p * p).sum())
+        out["p_max"].append(p.max())
         q = torch.softmax(z.topk(min(top_k, len(z))).values, 0)
         q = q[q > 0]
         out["topk_entropy"].append(-(q * q.log()).sum())
@@ -59,6 +60,7 @@ def test_one_hot_distribution():
     logits[0, 2] = 0.0
     s = token_stats(logits, torch.tensor([2]), ALL)
     assert s["log_prob"].item() == 0 and s["entropy"].item() == 0 and s["sum_pi_squared"].item() == 1
+    assert s["p_max"].item() == 1
     assert s["rank"].item() == 1 and s["expected_rank"].item() == pytest.approx(1.0)
 
 
@@ -81,6 +83,7 @@ def test_two_tokens():
     assert s["expected_rank"].tolist() == pytest.approx([1 + b, 1 + b])
     assert s["entropy"][0].item() == pytest.approx(-a * math.log(a) - b * math.log(b))
     assert s["sum_pi_squared"][0].item() == pytest.approx(a * a + b * b)
+    assert s["p_max"].tolist() == pytest.approx([a, a])
 
 
 def test_ties_count_every_token_at_least_as_likely():

@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="generate, grade and score a model on benchmarks")
-    run.add_argument("--model", required=True, help="a Hugging Face model directory (merge verl checkpoints first)")
+    run.add_argument("--model", required=True, help="a Hugging Face model dir, a verl checkpoint global_step_N or "
+                     "checkpoint root (merged first), or a LoRA run (its adapter is merged in)")
+    run.add_argument("--work-dir", default=None, help="where merged checkpoints go (default: beside the checkpoint)")
     run.add_argument("--out", required=True, help="result folder; an existing one is resumed")
     run.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="comma-separated (default: all five)")
     run.add_argument("--data-dir", default=None, help="folder of local benchmark .jsonl files (default: the hub)")
@@ -153,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         _run_command(args)
-    except (FileNotFoundError, ValueError, ImportError) as error:  # bad input: one clear line, no traceback
+    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as error:  # bad input: one clear line, no traceback
         parser.error(str(error))
 
 
@@ -164,7 +166,10 @@ def _run_command(args: argparse.Namespace) -> None:
                     "gpu_memory_utilization": args.gpu_memory_utilization, "max_model_len": args.max_model_len})
         sampling = SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
                                   max_new_tokens=args.max_new_tokens, seed=args.seed)
-        evaluate(args.model, args.out, args.benchmarks.split(","), data_dir=args.data_dir, limit=args.limit,
+        from ranktuner_verl.integration.checkpoints import resolve_model_dir
+
+        model = resolve_model_dir(args.model, args.work_dir)
+        evaluate(model, args.out, args.benchmarks.split(","), data_dir=args.data_dir, limit=args.limit,
                  backend=args.backend, backend_options=options, sampling=sampling, system_prompt=args.system_prompt,
                  grade_timeout=args.grade_timeout, grade_workers=args.grade_workers)
     elif args.command == "grade":

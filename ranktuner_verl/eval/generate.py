@@ -293,8 +293,8 @@ def make_backend(name: str, model_path: str | Path, **options):
         raise ValueError(f"unknown generation backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if not (Path(model_path) / "config.json").is_file():
         raise FileNotFoundError(f"{model_path} is not a Hugging Face model directory (no config.json); for a verl "
-                                "checkpoint merge it first: python -m verl.model_merger merge --backend fsdp "
-                                "--local_dir CKPT --target_dir OUT (scripts/eval.sh does this)")
+                                "checkpoint or a LoRA run resolve it first: python -m "
+                                "ranktuner_verl.integration.checkpoints PATH (the eval CLI and eval.sh do this)")
     return BACKENDS[name](model_path, **options)
 
 

@@ -79,7 +79,7 @@ class WeightedSFTLoss:
             from ranktuner_verl.methods import relative_scale
 
             metrics[SCALES] = relative_scale({k: v[mask] for k, v in stats.items()},
-                                             form=self.method.params["form"]).float().cpu()
+                                             **self.method.params).float().cpu()
         return metrics
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,17 @@ def test_eval_sh_without_arguments_prints_its_usage_and_exits_2():
     result = run_eval_sh()
     assert result.returncode == 2
     assert "Usage: bash scripts/eval.sh MODEL OUT" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_eval_sh_help_lists_its_variables_with_defaults_and_does_nothing(flag, tmp_path):
+    result = run_eval_sh(flag, tmp_path / "out", env={"PYTHON": "/nonexistent/python"})
+    assert result.returncode == 0, result.stderr
+    assert "Usage: bash scripts/eval.sh MODEL OUT" in result.stdout
+    for variable, default in [("BACKEND", "vllm"), ("N", "16"), ("MAX_NEW_TOKENS", "4096"), ("SEED", "0"),
+                              ("TP", "1"), ("DATA_DIR", "(empty)"), ("WORK_DIR", "(empty)")]:
+        assert re.search(rf"^  {variable} +{re.escape(default)} ", result.stdout, re.MULTILINE), variable
+    assert not (tmp_path / "out").exists()
 
 
 def test_eval_sh_refuses_a_folder_that_is_not_a_model(tmp_path):

@@ -35,8 +35,11 @@ def test_each_loss_config_builds_its_method_with_verl_config_around_it(name):
 
 def test_loss_parameters_reach_the_method():
     loss = trainer.build_loss(config("loss=ranktuner", "loss.form=exact", "loss.base=one"))
-    assert dict(loss.method.params) == {"form": "exact", "base": "one"}
+    assert dict(loss.method.params) == {"form": "exact", "base": "one", "proxy": "piecewise"}
     assert loss.engine_stat_names == {"rank", "expected_rank"}
+    assert trainer.build_loss(config("loss=ranktuner")).engine_stat_names == {"rank", "entropy", "p_max"}
+    loss = trainer.build_loss(config("loss=ranktuner", "loss.proxy=massey"))
+    assert loss.method.params["proxy"] == "massey" and loss.engine_stat_names == {"rank", "entropy"}
 
 
 def test_unknown_loss_is_refused_with_the_valid_names():
