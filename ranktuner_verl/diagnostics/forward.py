@@ -79,36 +79,25 @@ def stat_settings(methods: dict) -> dict:
     return merged
 
 
-def resolve_model_dir(path: str | Path) -> Path:
-    """An HF model dir: ``path`` itself, or the ``huggingface/`` folder of a verl checkpoint (``global_step_N``)."""
-    path = Path(path)
-    for candidate in (path, path / "huggingface"):
-        if (candidate / "config.json").is_file():
-            if not any(candidate.glob("*.safetensors")) and not any(candidate.glob("pytorch_model*.bin")):
-                raise FileNotFoundError(
-                    f"{candidate} has a config but no model weights: verl writes only the config and tokenizer there "
-                    "unless trainer checkpoint.save_contents includes 'hf_model'. Add it, or merge the shards with "
-                    f"`python -m verl.model_merger merge --backend fsdp --local_dir {path} --target_dir <dir>`.")
-            return candidate
-    raise FileNotFoundError(f"{path} is not a Hugging Face model dir (no config.json, nor huggingface/config.json); "
-                            "pass a folder written by save_pretrained or a verl checkpoint's global_step_N folder.")
-
-
 def load_tokenizer(model_dir: str | Path):
+    """The tokenizer of an HF model dir (``resolve_model_dir`` makes one of every other model form)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model_dir(model_dir))
+    return AutoTokenizer.from_pretrained(model_dir)
 
 
 def load_model(model_dir: str | Path, device: str = "auto", dtype: str = "auto"):
     """A causal LM from an HF model dir, in eval mode; ``auto``: CUDA in bf16 if present, else CPU in fp32."""
+    if not any(Path(model_dir).glob("*.safetensors")) and not any(Path(model_dir).glob("pytorch_model*.bin")):
+        raise FileNotFoundError(f"{model_dir} has a config but no model weights; pass a folder written by "
+                                "save_pretrained, a verl checkpoint global_step_N or a checkpoint root.")
     from transformers import AutoModelForCausalLM
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_dir(model_dir), dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     return model.to(device).eval()
 
 

@@ -136,9 +136,13 @@ def table_from_model(model_path: str | Path, data_path: str | Path, methods: dic
                      device: str = "auto", dtype: str = "auto", progress: bool = True) -> pd.DataFrame:
     """Model -> examples (-> noise) -> table: the chain every command runs.
 
-    ``noise``: keyword arguments of ``noise.inject_noise`` (kind, rate, seed, skip_short), or None for clean data.
-    The examples are read and noised before the model loads, so bad data fails fast.
+    ``model_path``: any form evaluation takes (an HF dir, a verl ``global_step_N``, a checkpoint root, a LoRA run:
+    ``integration.checkpoints.resolve_model_dir``). ``noise``: keyword arguments of ``noise.inject_noise`` (kind,
+    rate, seed, skip_short), or None for clean data. The examples are read and noised before the model loads.
     """
+    from ..integration.checkpoints import resolve_model_dir  # no verl import: it runs verl's merger as a command
+
+    model_path = resolve_model_dir(model_path)
     tokenizer = load_tokenizer(model_path)
     examples = tokenize_examples(tokenizer, load_examples(data_path, max_examples))
     if noise is not None:

@@ -1,9 +1,14 @@
 """The command ``python -m ranktuner_verl.diagnostics`` end to end on the tiny model, and its answers to bad input."""
 
+import json
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
+import torch
 
 import pandas as pd
 import pytest
@@ -12,7 +17,8 @@ from PIL import Image
 from ranktuner_verl.diagnostics import table as table_module
 from ranktuner_verl.diagnostics.__main__ import main
 from ranktuner_verl.diagnostics.rankings import ranking_table
-from ranktuner_verl.diagnostics.table import read_tokens
+from ranktuner_verl.diagnostics.forward import build_methods
+from ranktuner_verl.diagnostics.table import read_tokens, table_from_model
 
 FIGURES = ["heatmap.png", "rank_probability.png", "expected_rank_entropy.png", "weight_histograms.png"]
 
@@ -93,15 +99,29 @@ def test_inputs_must_be_given_one_way(tmp_path, capsys):
     assert "outside (0, 1]" in capsys.readouterr().err
 
 
-def test_report_from_a_checkpoint_folder(tiny_model_dir, sft_parquet, tmp_path, monkeypatch):
-    """The report runs the same chain as every command: it honours --logit-chunk, and with --kind the noise tables."""
-    step = tmp_path / "ckpt" / "global_step_2"
-    shutil.copytree(tiny_model_dir, step / "huggingface")
+def _lora_run(base: Path, out: Path) -> Path:
+    """verl's layout of a merged LoRA run: base weights in ``merged_hf/``, the adapter in ``merged_hf/lora_adapter``
+    (made with peft, random non-zero B so that it changes the model)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(base, out / "merged_hf")
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(out / "merged_hf" / "lora_adapter")
+    return out / "merged_hf"
+
+
+def test_report_on_a_lora_run_sees_the_adapter(tiny_model_dir, sft_parquet, tmp_path, monkeypatch):
+    """The report runs the chain every command runs: the model forms of evaluation (a LoRA run is merged, not read
+    as its base model), --logit-chunk honoured, and with --kind the noise tables."""
+    lora = _lora_run(tiny_model_dir, tmp_path / "run")
     chunks = []
     real = table_module.response_stats
     monkeypatch.setattr(table_module, "response_stats", lambda *a: chunks.append(a[5]) or real(*a))
     out = tmp_path / "report"
-    assert main(["report", "--model", str(step), "--data", str(sft_parquet), "--out", str(out), "--quiet",
+    assert main(["report", "--model", str(lora), "--data", str(sft_parquet), "--out", str(out), "--quiet",
                  "--max-examples", "4", "--logit-chunk", "5", "--kind", "swap", "--rate", "0.1",
                  "--rank-by", "signal,loss-share"]) == 0
     assert chunks == [5]
@@ -109,3 +129,9 @@ def test_report_from_a_checkpoint_folder(tiny_model_dir, sft_parquet, tmp_path, 
     assert "examples: 4" in text and "| ranktuner |" in text and "|S_t - 1| < 0.05" in text
     assert "**Ranked by loss-share**" in text and not re.search(r"\bnan\b", text, re.I)
     assert Image.open(out / "relative_scale.png").format == "PNG"
+    assert json.loads((out / "report.json").read_text())["model"] == str(lora)
+    methods = build_methods(["dft"])
+    base = table_from_model(tiny_model_dir, sft_parquet, methods, max_examples=2, progress=False)
+    merged = table_from_model(lora, sft_parquet, methods, max_examples=2, progress=False)
+    assert (tmp_path / "run" / "merged_hf_lora_merged").is_dir()
+    assert np.abs(merged["log_prob"] - base["log_prob"]).max() > 1e-3

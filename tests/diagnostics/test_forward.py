@@ -35,7 +35,7 @@ def test_table_matches_an_unbatched_full_forward(setup):
             labels += e.response_ids
     logits = torch.cat(logits)
     stats = token_stats(logits, torch.tensor(labels), {"log_prob", "entropy", "rank", "expected_rank",
-                                                       "sum_pi_squared", "topk_entropy"})
+                                                       "sum_pi_squared", "topk_entropy", "p_max"})
     assert table["token_id"].tolist() == labels
     assert table["is_noise"].tolist() == [f for e in examples for f in e.is_noise]
     np.testing.assert_allclose(table["log_prob"], stats["log_prob"], atol=1e-4)
@@ -63,7 +63,7 @@ def test_batch_size_does_not_change_the_table(setup):
 
 def test_method_specs():
     method = parse_method("ranktuner:base=one,form=exact")
-    assert (method.name, dict(method.params)) == ("ranktuner", {"form": "exact", "base": "one"})
+    assert (method.name, dict(method.params)) == ("ranktuner", {"form": "exact", "base": "one", "proxy": "piecewise"})
     assert parse_method("eaft:top_k=5").stat_kwargs == {"top_k": 5}
     with pytest.raises(ValueError, match="unknown method 'ranktuned'; valid: sft, dft, talr, eaft, deft, ranktuner"):
         parse_method("ranktuned")
@@ -73,14 +73,10 @@ def test_method_specs():
         build_methods(["eaft:top_k=5", "eaft:top_k=20"])
 
 
-def test_checkpoint_layout_and_missing_weights(tmp_path, tiny_model_dir):
-    with pytest.raises(FileNotFoundError, match="not a Hugging Face model dir"):
-        load_tokenizer(tmp_path)
-    hf = tmp_path / "global_step_3" / "huggingface"
-    hf.mkdir(parents=True)
-    (hf / "config.json").write_text((tiny_model_dir / "config.json").read_text())
-    with pytest.raises(FileNotFoundError, match="hf_model"):
-        load_model(tmp_path / "global_step_3")
+def test_config_without_weights_is_refused(tmp_path, tiny_model_dir):
+    (tmp_path / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="has a config but no model weights"):
+        load_model(tmp_path)
 
 
 def test_method_lists_take_commas():
