@@ -3,7 +3,8 @@
 - R_t against p_t, log-log, with the envelope R = 1/p: every token ranked at or above the target has probability
   >= p_t, so R_t <= 1/p_t (RankTuner, Yu et al., arXiv 2602.01745).
 - E[R_t] against H_t (bits), with the guessing-entropy bound E[R] >= 2^(H-2) + 1 (Massey 1994), a bound for
-  H >= 2 bits, drawn dotted below 2 bits where RankTuner applies the formula all the same.
+  H >= 2 bits, drawn dotted below 2 bits, where only RankTuner's ``proxy=massey`` ablation applies it (the default
+  proxy there is 1 + (1 - p_max), docs/methods.md).
 - Histograms of each method's weights (clean and injected noise tokens apart when noise was injected).
 Each panel has its own colour scale; a constant weight (plain SFT) is drawn in one colour with its value named.
 Injected noise tokens are small red crosses drawn over the clean points. PNGs via matplotlib (Agg), and the plotted
@@ -124,7 +125,8 @@ def _massey(ax, points):
     low, high = torch.linspace(0, 2, 50), torch.linspace(2, top, 200)
     ax.plot(high, guessing_entropy_bound(high), color="black", linewidth=1.2,
             label="E[R] = 2^(H-2) + 1 (bound, H ≥ 2)")
-    ax.plot(low, guessing_entropy_bound(low), color="black", linewidth=1.2, linestyle=":", label="same formula, H < 2")
+    ax.plot(low, guessing_entropy_bound(low), color="black", linewidth=1.2, linestyle=":",
+            label="same formula, H < 2 (proxy=massey only)")
 
 
 def write_rank_probability(table: pd.DataFrame, path: str | Path, dpi: int = 120, max_points: int = 20000,
