@@ -8,6 +8,7 @@ import pytest
 
 from ranktuner_verl.data.confident import ConfidentSettings, build_confident_model, main
 from ranktuner_verl.diagnostics.forward import build_methods
+from ranktuner_verl.diagnostics.noise import top_share_metrics
 from ranktuner_verl.diagnostics.table import table_from_model
 
 
@@ -18,13 +19,24 @@ def _table(model_dir, noise=None):
 
 def test_the_model_is_confident_on_its_clean_tokens(confident_model_dir):
     """The regime of the paper's Tab. 1 on its SFT data: most tokens p > 0.5 and H < 2 bits (bounds for the
-    reduced build); a random token injected into it gets a tiny probability."""
+    reduced build); a random token injected into it gets a tiny probability; on those tokens the practical form
+    stays near 1 (the noise region) while the exact form ranks them high."""
     clean = _table(confident_model_dir)
     assert clean["p"].median() > 0.6 and (clean["p"] > 0.5).mean() > 0.75
     assert clean["entropy_bits"].median() < 2.0 and (clean["entropy_bits"] < 2).mean() > 0.6
     noisy = _table(confident_model_dir, {"kind": "random", "rate": 0.05, "seed": 0})
     injected = noisy[noisy["is_noise"]]
     assert injected["p"].median() < 1e-3
+
+    # The noise region belongs to the practical form (docs/methods.md): far down the ranking its S_t lies in
+    # [1, 10^(6 / log2(R + 1)^2)]; the exact form's S_t instead grows with R_t, highest on the injected tokens.
+    bound = 10 ** (6 / np.log2(injected["rank"] + 1) ** 2)
+    assert (injected["S"] >= 1 - 1e-6).all() and (injected["S"] <= bound * (1 + 1e-5)).all()
+    clean_noisy = noisy[~noisy["is_noise"]]
+    assert injected["S_exact"].median() > max(clean_noisy["S_exact"].quantile(0.75), injected["S"].median())
+    recall = {form: top_share_metrics(noisy[column], noisy["is_noise"], noisy["example"])["token_recall"]
+              for form, column in (("practical", "S"), ("exact", "S_exact"))}
+    assert recall["exact"] > 2 * recall["practical"]  # share of injected tokens in the top 10% by S_t
     rows = [json.loads(line) for line in (confident_model_dir / "sft.jsonl").open()]
     assert len(rows) == 16 and clean["example"].nunique() == 16
     assert rows[0]["messages"][-1]["role"] == "assistant" and "\\boxed" in "".join(
@@ -48,5 +60,5 @@ def test_bad_source_is_named(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
         main(["--out", str(tmp_path / "m"), "--source", str(tmp_path / "missing.jsonl")])
     (tmp_path / "one.jsonl").write_text('{"problem": "1+1?", "solution": "It is $\\\\boxed{2}$."}\n')
-    with pytest.raises(ValueError, match="only 1 solutions of at most 256 tokens"):
+    with pytest.raises(ValueError, match="only 1 solutions of at most 160 tokens"):
         main(["--out", str(tmp_path / "m"), "--source", str(tmp_path / "one.jsonl")])
