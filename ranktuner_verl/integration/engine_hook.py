@@ -1,18 +1,22 @@
 """The engine hook: token statistics computed where the logits exist, inside verl's FSDP actor forward pass.
 
 verl 0.9.1 hands the loss function to ``FSDPEngineWithLMHead.prepare_model_outputs`` as ``logits_processor_func``.
-``install()`` wraps that method so that it is an exact pass-through unless that argument is one of our
-``WeightedSFTLoss`` objects; only then are the statistics the method declares (``ranktuner_verl.stats.token_stats``,
-no grad, in chunks) computed from the same logits and labels verl's ``log_probs`` come from, gathered over the
-Ulysses group and unpadded by verl's own ``_gather_and_unpad_packed``, and put next to ``log_probs`` in the model
-output as jagged tensors. A stock verl run never reaches our code past one ``isinstance`` check.
+``install()`` wraps that method, when verl's engine module gets imported, so that it is an exact pass-through unless
+that argument is one of our ``WeightedSFTLoss`` objects; only then are the statistics the method declares
+(``ranktuner_verl.stats.token_stats``, no grad, in chunks) computed from the same logits and labels verl's
+``log_probs`` come from, gathered over the Ulysses group and unpadded by verl's own ``_gather_and_unpad_packed``, and
+put next to ``log_probs`` in the model output as jagged tensors. A stock verl run never reaches our code past one
+``isinstance`` check.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 
 import torch
+
+from ranktuner_verl.integration.on_import import when_imported
 
 _ORIGINAL_ATTR = "_ranktuner_original_prepare_model_outputs"
 STAT_KEY_PREFIX = "token_stat_"  # model_output keys; verl's own "entropy"/"sum_pi_squared" stay untouched
@@ -22,19 +26,23 @@ def stat_key(name: str) -> str:
     return STAT_KEY_PREFIX + name
 
 
-def _engine_class():
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
-
-    return FSDPEngineWithLMHead
+ENGINE_MODULE = "verl.workers.engine.fsdp.transformer_impl"  # defines FSDPEngineWithLMHead
 
 
 def is_installed() -> bool:
-    return hasattr(_engine_class(), _ORIGINAL_ATTR)
+    """Whether ``FSDPEngineWithLMHead`` is wrapped; imports verl's engine (our trainers build it anyway)."""
+    return hasattr(importlib.import_module(ENGINE_MODULE).FSDPEngineWithLMHead, _ORIGINAL_ATTR)
 
 
 def install() -> None:
-    """Wrap ``FSDPEngineWithLMHead.prepare_model_outputs`` (idempotent)."""
-    engine_cls = _engine_class()
+    """Wrap ``FSDPEngineWithLMHead.prepare_model_outputs`` once verl's engine module is imported (or now, if it is):
+    ``import verl`` alone does not load the engine."""
+    when_imported(ENGINE_MODULE, _wrap_engine)
+
+
+def _wrap_engine(engine_module) -> None:
+    """Idempotent."""
+    engine_cls = engine_module.FSDPEngineWithLMHead
     if hasattr(engine_cls, _ORIGINAL_ATTR):
         return
     original = engine_cls.prepare_model_outputs
