@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).parents[1]
-# script -> the variables its help must list (eval.sh and train_grpo.sh belong to other helpers)
+# script -> the variables its help must list (eval.sh belongs to another helper)
 SCRIPTS = {
     "scripts/setup.sh": ["PYTHON", "TORCH_SPEC", "EXTRAS"],
     "scripts/train.sh": ["NPROC", "MASTER_PORT", "PYTHON"],
@@ -23,6 +23,8 @@ SCRIPTS = {
     "examples/paper_numina10k.sh": ["MODEL", "LOSS", "NPROC", "DATA_DIR", "CKPT_ROOT", "PYTHON"],
     "examples/qwen3_8b_numina10k.sh": ["MODEL", "LOSS", "NPROC"],
     "examples/qwen2_5_math_7b_numina10k.sh": ["MODEL", "LOSS", "NPROC"],
+    "scripts/train_grpo.sh": ["PYTHON"],
+    "examples/grpo_gsm8k_ranktuner.sh": ["MODEL", "DATA_DIR", "NGPUS", "LOSS_MODE", "PYTHON"],
 }
 
 
