@@ -62,10 +62,6 @@ def method_labels(table: pd.DataFrame) -> list[str]:
     return [c[len(WEIGHT):] for c in table.columns if c.startswith(WEIGHT)]
 
 
-def weight_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if c.startswith(WEIGHT)]
-
-
 def logit_grad_norm(log_prob: torch.Tensor, sum_pi_squared: torch.Tensor) -> torch.Tensor:
     """||pi - e_y||_2 = sqrt((1 - p)^2 + sum_{v != y} pi_v^2), the norm of d(-log p_y)/dz (softmax cross-entropy).
 
