@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 
 from omegaconf import DictConfig, OmegaConf
@@ -77,6 +78,14 @@ def finished_message(resume_step: int, total_steps: int, root: str) -> str | Non
     return (f"This run is finished: {root} holds global_step_{resume_step} and trainer.total_training_steps is "
             f"{total_steps}; nothing to train. To train longer raise trainer.total_epochs (or total_training_steps); "
             "to start over use another trainer.default_local_dir or trainer.resume_mode=disable.")
+
+
+def finished_before_loading(config: DictConfig) -> str | None:
+    """``finished_message`` from the config alone (when ``trainer.total_training_steps`` is set), so a finished run
+    run again stops before loading the model; otherwise the trainer checks after building its dataloader."""
+    total, path = config.trainer.get("total_training_steps", None), resume_checkpoint(config)
+    step = re.search(r"global_step_(\d+)$", os.path.normpath(path)) if total is not None and path else None
+    return finished_message(int(step.group(1)), int(total), str(config.trainer.default_local_dir)) if step else None
 
 
 def is_disk_full(error: BaseException, path: str) -> bool:

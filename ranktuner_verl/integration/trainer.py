@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ranktuner_verl.integration import checks, platform_cpu, plugin
-from ranktuner_verl.integration.checkpoint_guard import GuardedCheckpoints, finished_message
+from ranktuner_verl.integration.checkpoint_guard import GuardedCheckpoints, finished_before_loading, finished_message
 from ranktuner_verl.integration.loss import NLL_SUM, TOKENS, WeightedSFTLoss, _flatten, reduce_step_metrics
 
 from verl.trainer import sft_trainer as verl_sft_trainer  # noqa: E402  (after the plugin)
@@ -185,6 +185,11 @@ def run(config: DictConfig) -> None:
     from verl.utils.distributed import destroy_global_process_group, initialize_global_process_group
 
     prepare(config)
+    finished = finished_before_loading(config)
+    if finished:
+        if os.environ.get("RANK", "0") == "0":
+            print(finished, flush=True)
+        return
     apply_cpu_defaults(config)
     auto_set_device(config)
     initialize_global_process_group()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from ranktuner_verl.integration.checkpoint_guard import GuardedCheckpoints
+from ranktuner_verl.integration.checkpoint_guard import GuardedCheckpoints, finished_before_loading
 from ranktuner_verl.integration.cluster import refuse_relative_paths
 from ranktuner_verl.integration.trainer import (
     CONFIG_DIR, CONFIG_NAME, StepMetricsClient, apply_cpu_defaults, fit_unless_finished, prepare,
@@ -60,6 +60,10 @@ def run(config: DictConfig) -> None:
     from verl.utils.device import auto_set_device
 
     prepare(config, for_workers=True)
+    finished = finished_before_loading(config)
+    if finished:
+        print(finished, flush=True)
+        return
     if not ray.is_initialized():
         ray.init()
     refuse_relative_paths(config, nodes=sum(node["Alive"] for node in ray.nodes()))

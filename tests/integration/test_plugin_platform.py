@@ -73,7 +73,7 @@ if sys.argv[1] == "ours":  # our SFT Ray driver, up to where it builds verl's tr
 
     from hydra import compose, initialize_config_dir
     with initialize_config_dir(config_dir=sys.argv[2], version_base=None):
-        config = compose(config_name="sft", overrides=["loss=ranktuner", "data.train_files=" + sys.argv[3]])
+        config = compose(config_name="sft", overrides=json.loads(sys.argv[3]))
     trainer_ray.RankTunerRaySFTTrainer = Capture
     trainer_ray.run(config)
 else:
@@ -172,9 +172,12 @@ def test_the_switch_forces_the_cpu_layer_on_where_an_accelerator_is_in_reach(imp
 def head_node(tiny):
     """The Ray script of a CPU head node, with our SFT Ray driver and with stock verl, both at once."""
     from ranktuner_verl.integration import trainer
+    from ranktuner_verl.integration.runs import tiny_overrides
 
     config_dir = Path(trainer.__file__).parent / trainer.CONFIG_DIR
-    runs = {who: start(RAY_CLUSTER_WITH_ONE_GPU, who, str(config_dir), str(tiny / "train.parquet"),
+    overrides = tiny_overrides(tiny / "model", tiny / "train.parquet", tiny / "out", steps=1, batch=8)
+    overrides.append("loss=ranktuner")
+    runs = {who: start(RAY_CLUSTER_WITH_ONE_GPU, who, str(config_dir), json.dumps(overrides),
                        env=STOCK if who == "stock" else {}, cwd=tiny) for who in ("ours", "stock")}
     return {who: finish(process)[0] for who, process in runs.items()}
 

@@ -84,6 +84,7 @@ def test_a_finished_run_run_again_says_so_and_trains_nothing(first_run, tiny, tw
     again = run_trainer(overrides(tiny, two_rows, out, "loss=sft"), out)
     assert again.trained_steps() == []
     assert "This run is finished" in again.output and "global_step_2" in again.output
+    assert "Loading weights" not in again.output  # said before the model loads (total_training_steps is set)
     assert not (out / "ckpt" / "global_step_3").exists()
 
 
