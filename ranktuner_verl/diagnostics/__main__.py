@@ -152,6 +152,8 @@ def run(args) -> list[Path]:
         pick_examples(table, args.examples, args.count)
     if args.command == "report":
         source = {"model": str(args.model), "data": str(args.data)}
+        if args.kind:
+            source["noise"] = f"{args.kind} at rate {args.rate}, seed {args.seed} (the numbers below include it)"
         noise = _noise_tables(table, args, out) if args.kind else None
         return [write_report(table, out, source, noise)]
     if args.command == "noise":

@@ -159,7 +159,8 @@ def write_weight_histograms(table: pd.DataFrame, path: str | Path, dpi: int = 12
                     label=f"injected noise tokens ({noise.sum()})")
         ax.set_xlabel("token weight")
         ax.set_ylabel("density")
-        ax.set_title(f"{method}  (mean {weights.mean():.3g})", fontsize=10)
+        ax.set_title(f"{method}  (constant {weights[0]:.3g})" if constant(weights) else
+                     f"{method}  (mean {weights.mean():.3g})", fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.legend(fontsize=7)
     fig.suptitle("Token weights per method", fontsize=11)
@@ -191,15 +192,23 @@ def write_plots(table: pd.DataFrame, out_dir: str | Path, dpi: int = 120, max_po
 
 def write_scale_histogram(table: pd.DataFrame, path: str | Path, band: float = S_BAND, dpi: int = 120,
                           bins: int = 60) -> Path:
-    """A histogram of RankTuner's S_t with the band |S_t - 1| < ``band`` shaded and its share printed."""
+    """A histogram of RankTuner's S_t on a log axis (S and 1/S equally far from 1), the band |S_t - 1| < ``band``
+    shaded with its share; injected noise tokens, if any, apart."""
+    values = table["S"].to_numpy(dtype=float)
+    noise = table["is_noise"].to_numpy(dtype=bool)
     share = float(near_one(table, band).mean())
+    low, high = min(values.min(), 1 - band), max(values.max(), 1 + band)
+    edges = np.geomspace(low, high, bins + 1)
     fig, ax = plt.subplots(figsize=PANEL_SIZE, dpi=dpi)
-    ax.axvspan(1 - band, 1 + band, color="#bbbbbb", alpha=0.5, label=f"S ~ 1 (|S-1| < {band:g}): {share:.1%}")
-    ax.hist(table["S"].to_numpy(dtype=float), bins=bins, color="#4c72b0", alpha=0.85)
-    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.axvspan(1 - band, 1 + band, color="#bbbbbb", alpha=0.6, label=f"S ~ 1 (|S-1| < {band:g}): {share:.1%}")
+    ax.hist(values[~noise], bins=edges, color="#4c72b0", alpha=0.85, label=f"clean tokens ({(~noise).sum()})")
+    if noise.any():
+        ax.hist(values[noise], bins=edges, color=NOISE_COLOR, alpha=0.6, label=f"injected noise tokens ({noise.sum()})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("S_t (RankTuner relative scale, practical form)")
     ax.set_ylabel("tokens")
     ax.set_title("Relative scale of the response tokens", fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     return _save(fig, Path(path), dpi)
