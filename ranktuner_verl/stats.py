@@ -186,6 +186,15 @@ def expected_rank_binned(shifted_logits: torch.Tensor, probs: torch.Tensor,
     return torch.cat(parts) if parts else probs.new_zeros(0)
 
 
+def expected_rank_error_bound(exact: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The documented bound on |E[R] from ``token_stats`` - E[R]| (docs/methods.md): 0 up to ``_SORT_MAX_VOCAB`` (a
+    sort) but fp32 rounding; above, (e^delta - 1)/4 * E[R] + e^-10/2 from the histogram. Both plus 1e-6 * E[R] for the
+    fp32 rounding of pi."""
+    histogram = vocab_size > _SORT_MAX_VOCAB
+    relative = (math.expm1(EXPECTED_RANK_BIN_WIDTH) / 4 if histogram else 0.0) + 1e-6
+    return relative * exact + (math.exp(-10) / 2 if histogram else 0.0)
+
+
 #: Fixed-point scale of the deterministic path: masses <= 1 as int64 multiples of 2^-60 (sums stay below 2^63).
 _FIXED_POINT = 2.0**60
 

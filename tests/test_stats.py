@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ranktuner_verl.methods import guessing_entropy_bound
-from ranktuner_verl.stats import EXPECTED_RANK_BIN_WIDTH, STATS, expected_rank_binned, expected_rank_sorted, token_stats
+from ranktuner_verl.stats import (EXPECTED_RANK_BIN_WIDTH, STATS, expected_rank_binned, expected_rank_error_bound,
+                                  expected_rank_sorted, token_stats)
 
 ALL = tuple(STATS)
 
@@ -170,12 +171,6 @@ def flat_tail(*top):
     return z
 
 
-#: the documented bound of the binned E[R] (docs/methods.md): relative (e^delta - 1)/4, absolute e^-10/2 for the last
-#: bin, plus fp32 rounding of the probabilities (1e-6 relative)
-def expected_rank_bound(exact: torch.Tensor) -> torch.Tensor:
-    return (math.expm1(EXPECTED_RANK_BIN_WIDTH) / 4 + 1e-6) * exact + math.exp(-10) / 2
-
-
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("logits", [flat_tail(), flat_tail(12.0, 11.0, 10.0), flat_tail(12.0, 12.0),
                                     flat_tail(14.0, 14.0 - 3e-4)],
@@ -185,7 +180,7 @@ def test_expected_rank_within_its_bound_at_151936(logits, autocast):
     exact = (torch.softmax(logits, 1).sort(descending=True).values * torch.arange(1, 151_937)).sum(1)
     with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
         got = token_stats(logits.float(), torch.zeros(1, dtype=torch.long), {"expected_rank"})["expected_rank"]
-    assert (got.double() - exact).abs().item() <= expected_rank_bound(exact).item()
+    assert (got.double() - exact).abs().item() <= expected_rank_error_bound(exact, 151_936).item()
 
 
 def test_deterministic_mode_takes_the_fixed_point_path(monkeypatch):
