@@ -16,9 +16,10 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ranktuner_verl.stats import LN2, token_stats
+from ranktuner_verl.stats import LN2, autocast_off, token_stats
 
-#: log of the smallest normal fp32: log-probabilities are clamped here so that p = 0 (a masked label) stays finite.
+#: log of the smallest normal fp32: a log-probability of -inf (p = 0, a masked label) is replaced by it, so that every
+#: weight stays finite; any other log-probability, however small, is used as it is.
 LOG_TINY = math.log(torch.finfo(torch.float32).tiny)
 #: TALR's floor on the temperature tau (docs/methods.md).
 TALR_TAU_FLOOR = 1e-6
@@ -100,9 +101,10 @@ class Method:
         missing = self.needs - stats.keys()
         if missing:
             raise KeyError(f"method {self.name!r} needs statistics {sorted(missing)}, got only {sorted(stats)}")
-        with torch.no_grad():
+        with torch.no_grad(), autocast_off(stats["log_prob"].device):
             stats = {k: v.detach().float() for k, v in stats.items()}
-            stats["log_prob"] = stats["log_prob"].clamp(min=LOG_TINY)
+            log_p = stats["log_prob"]
+            stats["log_prob"] = torch.where(log_p == -math.inf, LOG_TINY, log_p)  # p = 0 only: every p > 0 is kept
             select = None if mask is None else mask.bool()
             return METHODS[self.name].fn(stats, select, **self.params)
 
@@ -133,7 +135,7 @@ def _select(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The methods. Each returns w_t [N] from fp32 statistics (log_prob clamped at LOG_TINY).
+# The methods. Each returns w_t [N] from fp32 statistics (a log_prob of -inf replaced by LOG_TINY).
 # --------------------------------------------------------------------------------------------------------------------
 
 

@@ -21,7 +21,8 @@ COLUMNS = [("step", "step"), ("train/loss", "loss"), ("train/nll", "nll"), ("tra
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=Path("quickstart"), help="model, data, logs, checkpoints")
+    parser.add_argument("--out-dir", type=Path, default=Path("quickstart"),
+                        help="model, data, logs, checkpoints; relative to the current directory (default ./quickstart)")
     parser.add_argument("--losses", default="sft,ranktuner", help="comma-separated: sft,dft,talr,eaft,deft,ranktuner")
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per loss (default 8)")
     parser.add_argument("--examples", type=int, default=64, help="training conversations (default 64)")

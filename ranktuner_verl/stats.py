@@ -1,14 +1,16 @@
 """Per-token statistics of the predicted distribution: the inputs of every weighting method.
 
 Notation (docs/methods.md): z_t the logits over the vocabulary V, pi_t = softmax(z_t), y_t the label,
-p_t = pi_t(y_t). Everything is computed in fp32, without gradient, a chunk of rows at a time, so the extra memory is
-O(chunk_rows * V) whatever the number of tokens N.
+p_t = pi_t(y_t). Everything is computed in fp32 with autocast off (whatever the caller's autocast state: verl runs the
+loss inside a bf16 autocast on a GPU, where ``linalg.vecdot`` would otherwise run in bf16), without gradient, a chunk
+of rows at a time, so the extra memory is O(chunk_rows * V) whatever the number of tokens N.
 
 Pure PyTorch: no verl import here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Iterable
 
@@ -48,6 +50,13 @@ def _for_device(sizes: tuple[int, int], device: torch.device | str | None) -> in
     return sizes[0] if device is None or torch.device(device).type == "cpu" else sizes[1]
 
 
+def autocast_off(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """A context with autocast disabled on ``device``'s type: the statistics and weights stay in the dtype they are
+    computed in (fp32), as they would be outside autocast."""
+    kind = torch.device(device).type
+    return torch.autocast(kind, enabled=False) if torch.amp.is_autocast_available(kind) else contextlib.nullcontext()
+
+
 def nats_to_bits(x: torch.Tensor) -> torch.Tensor:
     return x / LN2
 
@@ -65,10 +74,14 @@ def token_stats(
     *,
     top_k: int = 20,
     chunk_rows: int | None = None,
+    temperature: float | torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Statistics ``needs`` (names from ``STATS``) of ``logits [N, V]`` at ``labels [N]``, each a fp32 tensor ``[N]``.
 
     Only the statistics asked for are computed. Logits may be any float dtype; labels must be valid ids.
+    ``temperature`` (a number, or a tensor [N] of per-row values): the statistics are those of logits / temperature,
+    divided chunk by chunk in the logits' dtype after clamping the temperature at 1e-8, as verl 0.9.1 does before its
+    log-softmax (``FSDPEngineWithLMHead.prepare_model_outputs``), so no full-size copy of the logits is made.
     """
     needs = frozenset(needs)
     unknown = needs - STATS.keys()
@@ -78,17 +91,31 @@ def token_stats(
         raise ValueError(f"expected logits [N, V] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if isinstance(temperature, torch.Tensor) and temperature.shape not in ((), logits.shape[:1]):
+        raise ValueError(f"temperature must be a number or a tensor [N] = [{logits.shape[0]}], "
+                         f"got shape {tuple(temperature.shape)}")
     n, vocab = logits.shape
     out = {name: torch.empty(n, dtype=torch.float32, device=logits.device) for name in needs}
     if not needs:
         return out
     rows = chunk_rows or default_chunk_rows(vocab, logits.device)
     labels = labels.long()
-    for start in range(0, n, rows):
-        chunk = _chunk_stats(logits[start : start + rows], labels[start : start + rows], needs, top_k)
-        for name, value in chunk.items():
-            out[name][start : start + rows] = value
+    with autocast_off(logits.device):
+        for start in range(0, n, rows):
+            chunk = _scaled(logits[start : start + rows], temperature, start)
+            for name, value in _chunk_stats(chunk, labels[start : start + rows], needs, top_k).items():
+                out[name][start : start + rows] = value
     return out
+
+
+def _scaled(logits: torch.Tensor, temperature: float | torch.Tensor | None, start: int) -> torch.Tensor:
+    """logits / temperature in the logits' dtype (verl's ``_scale_logits_by_temperature``); no-op for 1 or None."""
+    if temperature is None or (not isinstance(temperature, torch.Tensor) and float(temperature) == 1.0):
+        return logits
+    t = torch.as_tensor(temperature, dtype=torch.float32, device=logits.device)
+    if t.dim() == 1:
+        t = t[start : start + logits.shape[0], None]
+    return logits / t.clamp(min=1e-8).to(logits.dtype)
 
 
 def _chunk_stats(logits: torch.Tensor, labels: torch.Tensor, needs: frozenset[str], top_k: int) -> dict:
@@ -142,10 +169,11 @@ def expected_rank_binned(shifted_logits: torch.Tensor, probs: torch.Tensor,
 
     Tokens are put in bins of width ``delta`` = ``bin_width`` of ``z - max z`` (bin 0 = most likely). A bin of m tokens
     after C tokens of the bins above holds the sorted positions C+1..C+m; its mass is charged the mean position
-    C + (m+1)/2. Ties are exact; inside a bin the probabilities differ by at most a factor e^delta, so (Chebyshev's sum
-    inequality) the charge errs by at most (e^delta - 1)/8 * m * mass, while E[R] >= sum_bins (m+1)/2 * mass: the
-    relative error of E[R] is at most (e^delta - 1)/4 (1.5e-4 for the default), that of RankTuner's S_t at most half
-    of that. Tokens more than 2 ln V + 10 nats below the maximum share the last bin (error < e^-10 / 2 absolute).
+    C + (m+1)/2. The charge is never below the truth and exceeds it by at most (e^delta - 1)/4 of it (docs/methods.md
+    has the proof); tokens more than 2 ln V + 10 nats below the maximum share the last bin (absolute error at most
+    e^-10 / 2). So |error| <= 1.5e-4 * E[R] + 2.3e-5 for the default delta. Bin masses are summed in fp64, or, under
+    ``torch.use_deterministic_algorithms(True)``, as int64 fixed point (2^-60) with ``scatter_add_`` (float
+    ``bincount`` is not deterministic on CUDA); the two agree to 1e-12.
 
     ``shifted_logits`` = z - max z (<= 0, finite), ``probs`` = softmax(z); both [rows, V]. Returns fp32 [rows].
     """
@@ -158,18 +186,41 @@ def expected_rank_binned(shifted_logits: torch.Tensor, probs: torch.Tensor,
     return torch.cat(parts) if parts else probs.new_zeros(0)
 
 
+def expected_rank_error_bound(exact: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The documented bound on |E[R] from ``token_stats`` - E[R]| (docs/methods.md): 0 up to ``_SORT_MAX_VOCAB`` (a
+    sort) but fp32 rounding; above, (e^delta - 1)/4 * E[R] + e^-10/2 from the histogram. Both plus 1e-6 * E[R] for the
+    fp32 rounding of pi."""
+    histogram = vocab_size > _SORT_MAX_VOCAB
+    relative = (math.expm1(EXPECTED_RANK_BIN_WIDTH) / 4 if histogram else 0.0) + 1e-6
+    return relative * exact + (math.exp(-10) / 2 if histogram else 0.0)
+
+
+#: Fixed-point scale of the deterministic path: masses <= 1 as int64 multiples of 2^-60 (sums stay below 2^63).
+_FIXED_POINT = 2.0**60
+
+
 def _expected_rank_of_bins(shifted_logits, probs, bin_width, n_bins):
     rows = probs.shape[0]
-    key = torch.mul(shifted_logits, -1.0 / bin_width).clamp_(max=n_bins - 1).to(torch.int32)
-    key += torch.arange(rows, dtype=torch.int32, device=key.device)[:, None] * n_bins
+    key = torch.mul(shifted_logits, -1.0 / bin_width).clamp_(max=n_bins - 1).to(torch.int64)
+    key += torch.arange(rows, dtype=torch.int64, device=key.device)[:, None] * n_bins
     key = key.view(-1)
-    # fp32 is enough: counts are integers < 2^24, and E[R] is needed to 1e-4 (relative), not 1e-7
-    count = torch.bincount(key, minlength=rows * n_bins).view(rows, n_bins).float()
-    mass = torch.bincount(key, weights=probs.reshape(-1).float(), minlength=rows * n_bins).view(rows, n_bins)
-    # sum_b mass_b * (C_b + (m_b + 1)/2), with C_b + m_b = cumsum(count)_b
-    position = count.cumsum(1)
-    position -= count.sub_(1).mul_(0.5)
-    return torch.linalg.vecdot(mass, position)
+    count = torch.bincount(key, minlength=rows * n_bins).view(rows, n_bins)  # int64: exact, deterministic
+    weights = probs.reshape(-1).double()
+    if torch.are_deterministic_algorithms_enabled():
+        mass = _fixed_point_bin_masses(key, weights, rows * n_bins)
+    else:
+        mass = torch.bincount(key, weights=weights, minlength=rows * n_bins)
+    # sum_b mass_b * (C_b + (m_b + 1)/2), with C_b + m_b = cumsum(count)_b (integer cumsum: exact, deterministic)
+    position = count.cumsum(1).double()
+    position -= count.sub_(1).double().mul_(0.5)
+    return torch.linalg.vecdot(mass.view(rows, n_bins), position).float()
+
+
+def _fixed_point_bin_masses(key: torch.Tensor, weights: torch.Tensor, size: int) -> torch.Tensor:
+    """Per-bin sums of ``weights`` (in [0, 1]) as int64 fixed point: exact to 2^-61 per term, order-independent."""
+    fixed = weights.mul(_FIXED_POINT).round_().to(torch.int64)
+    total = torch.zeros(size, dtype=torch.int64, device=key.device).scatter_add_(0, key, fixed)
+    return total.double().div_(_FIXED_POINT)
 
 
 @torch.no_grad()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Evaluate a model on the benchmarks: sample, grade, Pass@1 / Pass@k -> OUT/<benchmark>/.
+# Evaluate a model on benchmarks (math; ARC-C, GPQA-D, HumanEval on request): sample, grade, Pass@k -> OUT/<bench>/.
 #
 # Usage: bash scripts/eval.sh MODEL OUT [extra options of `python -m ranktuner_verl.eval run`]
 #   MODEL: a Hugging Face model dir, a verl FSDP checkpoint (global_step_N), a verl checkpoint root (the folder
@@ -26,6 +26,7 @@ VARIABLES=(
     "MAX_NEW_TOKENS|4096|new tokens per sample (capped by the model's context; recorded in generation.json)"
     "SEED|0|run seed (one seed per problem is derived from it)"
     "BENCHMARKS|the five math benchmarks|comma-separated names (python -m ranktuner_verl.eval run --help lists them)"
+    "GRADER|math-verify|math grader: math-verify or qwen (the Qwen2.5-Math harness's rules)"
     "DATA_DIR||folder of local benchmark .jsonl files; empty: the Hugging Face hub"
     "LIMIT||first N problems per benchmark; empty: all"
     "WORK_DIR||where merged checkpoints go; empty: beside the checkpoint"
@@ -59,6 +60,7 @@ TOP_P=${TOP_P:-1.0}
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-4096}
 SEED=${SEED:-0}
 BENCHMARKS=${BENCHMARKS:-}
+GRADER=${GRADER:-math-verify}
 DATA_DIR=${DATA_DIR:-}
 LIMIT=${LIMIT:-}
 WORK_DIR=${WORK_DIR:-}
@@ -68,7 +70,7 @@ OUT=$2
 shift 2
 
 ARGS=(--model "$MODEL" --out "$OUT" --backend "$BACKEND" --n "$N" --temperature "$TEMPERATURE" --top-p "$TOP_P"
-      --max-new-tokens "$MAX_NEW_TOKENS" --seed "$SEED")
+      --max-new-tokens "$MAX_NEW_TOKENS" --seed "$SEED" --grader "$GRADER")
 if [ "$BACKEND" = vllm ]; then ARGS+=(--tp "$TP" --dp "$DP"); fi
 if [ -n "$BENCHMARKS" ]; then ARGS+=(--benchmarks "$BENCHMARKS"); fi
 if [ -n "$DATA_DIR" ]; then ARGS+=(--data-dir "$DATA_DIR"); fi

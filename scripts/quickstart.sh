@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
 # One command on a fresh CPU machine: tiny model + math CoT data built locally, trained with loss=sft and
-# loss=ranktuner through the real verl trainer. Options: --out-dir DIR --losses sft,dft,... --steps N (see --help).
+# loss=ranktuner through the real verl trainer. Runs scripts/setup.sh first when .venv is missing.
+# Usage: bash scripts/quickstart.sh [--out-dir DIR] [--losses sft,dft,...] [--steps N] [--examples N] [--batch N]
+#        [--nproc N]    (DIR is relative to where you run the command; default ./quickstart)
+# Variables: none (setup's TORCH_SPEC and EXTRAS apply when it runs setup).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || bash scripts/setup.sh
-exec .venv/bin/python -m ranktuner_verl.quickstart "$@"
+source "$(dirname "$0")/lib.sh"
+for arg in "$@"; do
+    case "$arg" in -h|--help)  # the options with their defaults, without setting anything up
+        if [ -x "$ROOT/.venv/bin/python" ]; then exec "$ROOT/.venv/bin/python" -m ranktuner_verl.quickstart --help; fi
+        help_if_asked "$0" --help ;;
+    esac
+done
+[ -x "$ROOT/.venv/bin/python" ] || bash "$ROOT/scripts/setup.sh"
+exec "$ROOT/.venv/bin/python" -m ranktuner_verl.quickstart "$@"

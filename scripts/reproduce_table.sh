@@ -10,10 +10,24 @@
 # script can simply be run again after an interruption.
 # Setup and numbers: docs/methods.md ("The paper's setup"): 4 x A800 80GB, lr 5e-5 cosine, warmup 0.1, batch 256,
 # max length 2048, 1 epoch; 16 samples at temperature 1.0, top_p 1.0, 4096 new tokens.
+# Variables (default):
+#   BASE_MODEL     the backbone (Qwen/Qwen2.5-Math-7B; or Qwen/Qwen3-8B)
+#   LOSSES         the losses, space-separated (sft dft talr eaft deft ranktuner)
+#   NUM_GPUS       GPUs on this node (the count nvidia-smi lists)
+#   WORK           everything this script writes (runs/<model name>)
+#   NUMINA_SOURCE  hub id or a local .parquet/.jsonl (AI-MO/NuminaMath-CoT)
+#   NUM_ROWS       training rows, the first N (10000)      VAL_SIZE  validation rows (500)
+#   BENCHMARKS     (math500,minerva_math,olympiadbench,aime24,amc23)
+#   DATA_DIR       local benchmark .jsonl files (empty: the hub)
+#   TP             vLLM tensor parallel per replica (1)    EVAL_N  samples per problem (16)
+#   TABLE_K        the k of Pass@k in the table ("1 16")
+#   PYTHON         the interpreter (.venv/bin/python when .venv exists, else python)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
+help_if_asked "$0" "$@"
+use_venv_python
+cd "$ROOT"
 
-PYTHON=${PYTHON:-python}
 BASE_MODEL=${BASE_MODEL:-Qwen/Qwen2.5-Math-7B}   # or Qwen/Qwen3-8B
 LOSSES=${LOSSES:-sft dft talr eaft deft ranktuner}
 NUM_GPUS=${NUM_GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}
@@ -54,10 +68,10 @@ RUNS=()
 for LOSS in $LOSSES; do
     CKPT="$WORK/checkpoints/$LOSS"
     if [ ! -f "$CKPT/latest_checkpointed_iteration.txt" ]; then
-        NPROC=$NUM_GPUS bash scripts/train.sh loss="$LOSS" "${TRAIN_ARGS[@]}" data.train_files="$DATA/train.parquet" \
+        NPROC=$NUM_GPUS PYTHON=$PYTHON bash scripts/train.sh loss="$LOSS" "${TRAIN_ARGS[@]}" data.train_files="$DATA/train.parquet" \
             "${VAL_ARGS[@]}" trainer.default_local_dir="$CKPT" trainer.experiment_name="$LOSS" "$@"
     fi
-    TP=$TP N=$EVAL_N BENCHMARKS=$BENCHMARKS DATA_DIR=$DATA_DIR NUM_GPUS=$NUM_GPUS \
+    PYTHON=$PYTHON TP=$TP N=$EVAL_N BENCHMARKS=$BENCHMARKS DATA_DIR=$DATA_DIR NUM_GPUS=$NUM_GPUS \
         bash scripts/eval.sh "$CKPT" "$WORK/results/$LOSS"
     RUNS+=("$WORK/results/$LOSS")
 done

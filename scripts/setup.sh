@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install the package with its test extra, CPU torch first.
+# Create .venv (if missing) and install the package with its test extra, CPU torch first. The other scripts use
+# .venv/bin/python when .venv exists, so nothing needs activating.
 # Usage: bash scripts/setup.sh            (CPU machine: torch 2.13.0 CPU build)
-#        TORCH_SPEC="torch==2.11.0" bash scripts/setup.sh   (pick another torch, e.g. a CUDA build)
+#        TORCH_SPEC="torch==2.11.0" EXTRAS=test,gpu bash scripts/setup.sh   (another torch, e.g. a CUDA build)
+# Variables (default):
+#   PYTHON      the interpreter that creates .venv (python3)
+#   TORCH_SPEC  the torch requirement installed first (torch==2.13.0)
+#   EXTRAS      the package extras (test; add gpu on a GPU cluster: vLLM, flash-attn)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
+help_if_asked "$0" "$@"
+cd "$ROOT"
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 EXTRAS=${EXTRAS:-test}

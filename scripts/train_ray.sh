@@ -5,19 +5,36 @@
 # Existing cluster (any number of nodes), through `ray job submit`:
 #     RAY_ADDRESS=http://HEAD:8265 NNODES=2 NGPUS_PER_NODE=8 bash scripts/train_ray.sh loss=ranktuner ...
 # The package must be installed on every node (its verl plugin loads in each worker). Overrides pass through.
+# A multi-node run needs shared storage: the job runs in Ray's temporary copy of this directory on each node, so with
+# RAY_ADDRESS every relative model, data and checkpoint path is made absolute against this directory (and
+# trainer.default_local_dir, verl's relative checkpoints/... by default, too); that folder must be on storage every
+# node sees (docs/verl_integration.md). The driver refuses relative paths left on a cluster of several nodes.
+# Variables (default):
+#   NNODES          nodes (1)
+#   NGPUS_PER_NODE  workers per node (the number of visible CUDA GPUs, at least 1)
+#   RAY_ADDRESS     a running cluster's dashboard address (empty: start a local cluster)
+#   JOB_PYTHON      the interpreter the submitted job runs on the cluster (python)
+#   RAY_AUTH_MODE   (disabled: Ray >= 2.5x otherwise writes ~/.ray/auth_token for a new local cluster)
+#   PYTHON          the interpreter here (.venv/bin/python when .venv exists, else python)
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+help_if_asked "$0" "$@"
+use_venv_python
 
 NNODES=${NNODES:-1}
-NGPUS_PER_NODE=${NGPUS_PER_NODE:-$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')}
+NGPUS_PER_NODE=${NGPUS_PER_NODE:-$("$PYTHON" -c 'import torch; print(max(torch.cuda.device_count(), 1))')}
 RAY_ADDRESS=${RAY_ADDRESS:-}
-# Ray >= 2.5x writes ~/.ray/auth_token for a new local cluster unless told not to.
+JOB_PYTHON=${JOB_PYTHON:-python}
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
 
-TRAIN=(python -m ranktuner_verl.integration.trainer_ray
-       trainer.nnodes="$NNODES" trainer.n_gpus_per_node="$NGPUS_PER_NODE" "$@")
-
-if [ -n "$RAY_ADDRESS" ]; then
-    exec ray job submit --address="$RAY_ADDRESS" --working-dir=. -- "${TRAIN[@]}"
-else
-    exec "${TRAIN[@]}"
+OVERRIDES=(trainer.nnodes="$NNODES" trainer.n_gpus_per_node="$NGPUS_PER_NODE" "$@")
+if [ -z "$RAY_ADDRESS" ]; then
+    exec "$PYTHON" -m ranktuner_verl.integration.trainer_ray "${OVERRIDES[@]}"
 fi
+RESOLVED_FILE=$(mktemp)
+trap 'rm -f "$RESOLVED_FILE"' EXIT
+"$PYTHON" -m ranktuner_verl.integration.cluster "${OVERRIDES[@]}" > "$RESOLVED_FILE"
+mapfile -d '' RESOLVED < "$RESOLVED_FILE"
+echo "submitting with absolute paths: ${RESOLVED[*]}" >&2
+"$PYTHON" -m ray.scripts.scripts job submit --address="$RAY_ADDRESS" --working-dir=. -- \
+    "$JOB_PYTHON" -m ranktuner_verl.integration.trainer_ray "${RESOLVED[@]}"

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ranktuner_verl.methods import guessing_entropy_bound
-from ranktuner_verl.stats import EXPECTED_RANK_BIN_WIDTH, STATS, expected_rank_binned, expected_rank_sorted, token_stats
+from ranktuner_verl.stats import (EXPECTED_RANK_BIN_WIDTH, STATS, expected_rank_binned, expected_rank_error_bound,
+                                  expected_rank_sorted, token_stats)
 
 ALL = tuple(STATS)
 
@@ -163,6 +164,46 @@ def test_relative_scale_error_within_1e_4(case):
     assert ((s_binned - s_exact).abs() / s_exact).max() <= 1e-4
 
 
+def flat_tail(*top):
+    """One row at V = 151,936: the given logits first, then a flat tail of zeros."""
+    z = torch.zeros(1, 151_936, dtype=torch.float64)
+    z[0, : len(top)] = torch.tensor(top, dtype=torch.float64)
+    return z
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("logits", [flat_tail(), flat_tail(12.0, 11.0, 10.0), flat_tail(12.0, 12.0),
+                                    flat_tail(14.0, 14.0 - 3e-4)],
+                         ids=["uniform", "three large + flat tail", "two share + flat tail", "near tie + flat tail"])
+def test_expected_rank_within_its_bound_at_151936(logits, autocast):
+    """E[R] by the histogram (bin masses summed in fp64) against the fp64 sort, at Qwen's vocabulary size."""
+    exact = (torch.softmax(logits, 1).sort(descending=True).values * torch.arange(1, 151_937)).sum(1)
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        got = token_stats(logits.float(), torch.zeros(1, dtype=torch.long), {"expected_rank"})["expected_rank"]
+    assert (got.double() - exact).abs().item() <= expected_rank_error_bound(exact, 151_936).item()
+
+
+def test_deterministic_mode_takes_the_fixed_point_path(monkeypatch):
+    """Under torch.use_deterministic_algorithms(True) the bin masses are int64 fixed-point sums (float bincount is not
+    deterministic on CUDA); the result equals the fast path's to fp32 rounding."""
+    import ranktuner_verl.stats as stats_module
+
+    logits, labels = random_logits(6, 20_000, 3.0, 5)
+    calls = []
+    original = stats_module._fixed_point_bin_masses
+    monkeypatch.setattr(stats_module, "_fixed_point_bin_masses", lambda *a: calls.append(1) or original(*a))
+    fast = token_stats(logits, labels, {"expected_rank"})["expected_rank"]
+    assert not calls
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        deterministic = token_stats(logits, labels, {"expected_rank"})["expected_rank"]
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+    assert calls
+    torch.testing.assert_close(deterministic, fast, rtol=2.0**-23, atol=0)
+
+
 def test_memory_is_bounded_by_the_chunk_not_by_n():
     """The statistics allocate per chunk: with 8x the tokens, the largest single allocation is the same size."""
     vocab = 10_000  # above the exact-sort threshold: the histogram path
@@ -173,7 +214,7 @@ def test_memory_is_bounded_by_the_chunk_not_by_n():
             token_stats(logits, labels, ALL, chunk_rows=4)
         return max(e.cpu_memory_usage for e in prof.events())
 
-    sizes = [largest_alloc(n) for n in (32, 256)]
+    sizes = [largest_alloc(n) for n in (16, 128)]
     assert sizes[1] <= sizes[0]
     n_bins = (2 * math.log(vocab) + 10) / EXPECTED_RANK_BIN_WIDTH + 1
     assert sizes[0] <= 4 * max(vocab, n_bins) * 8  # one [chunk, max(V, bins)] tensor of 8-byte elements

@@ -1,9 +1,12 @@
-"""Evaluation: sampling completions for the math benchmarks, grading them with math-verify, Pass@k and tables.
+"""Evaluation: sampling completions for the benchmarks, grading them, Pass@k and tables.
 
-- ``ranktuner_verl.eval.generate``: resumable sampling with the "hf" (transformers) or "vllm" backend.
-- ``ranktuner_verl.eval.grading``: final-answer extraction (last ``\\boxed{}`` and fall-backs) and math-verify
-  comparison with a per-answer timeout.
+- ``ranktuner_verl.eval.benchmarks``: the one registry of benchmarks (math, multiple choice, code) and loaders.
+- ``ranktuner_verl.eval.backends``: the "hf" (transformers) and "vllm" backends; stop tokens; per-problem requests.
+- ``ranktuner_verl.eval.generate``: resumable sampling into a result folder; the token budget.
+- ``ranktuner_verl.eval.grading``: final-answer extraction and math-verify comparison with a per-answer timeout;
+  ``qwen_grader``: the Qwen2.5-Math harness's rules; ``choice``: multiple choice; ``code``: HumanEval execution.
 - ``ranktuner_verl.eval.metrics``: the unbiased Pass@k estimator; Pass@1 as mean accuracy.
 - ``ranktuner_verl.eval.tables``: result folders -> the paper's table (Markdown, CSV, LaTeX).
-- ``ranktuner_verl.eval.cli``: ``python -m ranktuner_verl.eval run | grade | table``.
+- ``ranktuner_verl.eval.agreement``: how the two math graders agree on the benchmark files.
+- ``ranktuner_verl.eval.cli``: ``python -m ranktuner_verl.eval run | grade | table | agreement``.
 """

@@ -1,31 +1,28 @@
-"""Sampling completions for benchmark problems, resumable, with two backends behind one interface.
+"""Sampling completions for benchmark problems, resumable (the backends are in ``ranktuner_verl.eval.backends``).
 
-- ``HFBackend`` ("hf"): Hugging Face transformers, CPU by default; for the tests and small models.
-- ``VLLMBackend`` ("vllm"): vLLM on GPUs, tensor parallel inside a replica. vLLM is imported only when this
-  backend is built.
-Both run data parallel on request: one process per replica, each pinned to its own GPUs (or CPU cores).
+The prompt is the model's chat template applied to the benchmark's system prompt (math and multiple choice: the
+Qwen2.5-Math CoT prompt) and the problem as the user turn (docs/methods.md, "The paper's setup"). Sampling
+defaults are the paper's: n = 16, temperature 1.0, top_p 1.0, 4096 new tokens, seed 0.
 
-The prompt is the model's chat template applied to the Qwen2.5-Math CoT system prompt and the problem as the user
-turn (docs/methods.md, "The paper's setup"). Sampling defaults are the paper's: n = 16, temperature 1.0, top_p 1.0,
-4096 new tokens, seed 0; no top-k, no repetition penalty, whatever the model's generation_config says.
-
-Every sample is its own request with its own seed, derived from (seed, problem id, sample index), so a sample's
-text does not depend on which other samples run with it. ``generate_completions`` appends each finished completion
-to ``completions.jsonl`` and skips the (problem, sample) pairs already there, so an interrupted run resumes where it
-stopped and ends with the same completions as an uninterrupted one (HF: sample by sample; vLLM: chunk by chunk).
+A problem's missing samples are one request with one seed, derived from (seed, problem id, first missing sample),
+so a problem's samples do not depend on which other problems run with them. ``generate_completions`` appends a
+problem's finished completions to ``completions.jsonl`` and skips the samples already there, so an interrupted
+run resumes where it stopped and ends with the same completions as an uninterrupted one (HF: problem by problem;
+vLLM: chunk by chunk). ``generation.json`` records the settings, the stop tokens, the context length and the
+effective new-token budget (the context minus the longest prompt, when that is below ``max_new_tokens``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
-from ranktuner_verl.data.benchmarks import Problem
+from ranktuner_verl.eval.backends import Request, SamplingConfig, problem_seed
+from ranktuner_verl.eval.benchmarks import Problem
 from ranktuner_verl.data.jsonl import read_jsonl
 from ranktuner_verl.data.prompts import COT_SYSTEM_PROMPT, to_messages
 
@@ -36,46 +33,6 @@ PROBLEMS_FILE = "problems.jsonl"
 SETTINGS_FILE = "generation.json"
 
 
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How to sample; the defaults are the paper's evaluation setup."""
-
-    n: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 4096
-    seed: int = 0
-
-    def __post_init__(self):
-        problems = []
-        if self.n < 1:
-            problems.append(f"n (samples per problem) must be >= 1, got {self.n}")
-        if self.temperature < 0:
-            problems.append(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if problems:
-            raise ValueError("; ".join(problems))
-
-
-@dataclass(frozen=True)
-class Request:
-    """One sample to draw: the prompt's token ids and the sample's own seed."""
-
-    problem_id: str
-    sample: int
-    prompt_token_ids: tuple[int, ...]
-    seed: int
-
-
-def sample_seed(seed: int, problem_id: str, sample: int) -> int:
-    """A 31-bit seed for one sample, fixed by (run seed, problem id, sample index) alone."""
-    digest = hashlib.sha256(f"{seed}\x00{problem_id}\x00{sample}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
 def chat_prompt_ids(tokenizer, question: str, system_prompt: str = COT_SYSTEM_PROMPT) -> list[int]:
     """Token ids of the chat-templated prompt (system prompt, question as the user turn, assistant turn opened)."""
     if not getattr(tokenizer, "chat_template", None):
@@ -84,218 +41,6 @@ def chat_prompt_ids(tokenizer, question: str, system_prompt: str = COT_SYSTEM_PR
     text = tokenizer.apply_chat_template(to_messages(question, system_prompt=system_prompt), tokenize=False,
                                          add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Backends
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class Backend:
-    """The interface: ``generate(requests, sampling)`` yields (request, result) as results finish, result =
-    ``{"completion": text, "num_tokens": int, "finish_reason": "stop" | "length"}``; ``tokenizer`` builds prompts.
-
-    With more than one replica, requests are split over one process per replica (``run_data_parallel``), each
-    running this backend with one replica; ``options`` are the constructor arguments such a replica gets.
-    """
-
-    name: str
-
-    def __init__(self, model_path: str | Path, options: dict, replicas: list[str | None]):
-        from transformers import AutoTokenizer
-
-        self.model_path = str(Path(model_path).resolve())
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.options, self.replicas = options, replicas
-
-    def generate(self, requests: Sequence[Request], sampling: SamplingConfig) -> Iterator[tuple[Request, dict]]:
-        if len(self.replicas) > 1:
-            return run_data_parallel(self.name, self.model_path, self.options, self.replicas, requests, sampling)
-        return self._generate_here(requests, sampling)
-
-    def _generate_here(self, requests: Sequence[Request], sampling: SamplingConfig):
-        raise NotImplementedError
-
-
-class HFBackend(Backend):
-    """Hugging Face transformers ``generate``, one sample at a time, seeded per sample.
-
-    ``data_parallel_size`` > 1 runs that many replicas in their own processes: one GPU each with ``device="cuda"``,
-    or a share of the CPU cores each with ``device="cpu"``.
-    """
-
-    name = "hf"
-
-    def __init__(self, model_path: str | Path, device: str = "cpu", dtype: str = "float32",
-                 data_parallel_size: int = 1):
-        if data_parallel_size < 1:
-            raise ValueError(f"data_parallel_size must be >= 1, got {data_parallel_size}")
-        if data_parallel_size > 1 and device not in ("cpu", "cuda"):
-            raise ValueError(f"data parallel replicas need device='cpu' or 'cuda' (one GPU each), got {device!r}")
-        replicas = _device_groups(data_parallel_size, 1) if device == "cuda" else [None] * data_parallel_size
-        super().__init__(model_path, dict(device=device, dtype=dtype), replicas)
-        self._model = None
-
-    def _generate_here(self, requests: Sequence[Request], sampling: SamplingConfig):
-        import torch
-        from transformers import AutoModelForCausalLM, GenerationConfig
-
-        if self._model is None:
-            self._model = AutoModelForCausalLM.from_pretrained(self.model_path,
-                                                               dtype=getattr(torch, self.options["dtype"]))
-            self._model.to(self.options["device"]).eval()
-        eos = self._model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id])
-        if None in eos_ids:
-            raise ValueError(f"{self.model_path}: neither generation_config nor the tokenizer names an EOS token")
-        greedy = sampling.temperature == 0
-        config = GenerationConfig(  # everything explicit: the model's own generation_config must not leak in
-            do_sample=not greedy, temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p, top_k=0, repetition_penalty=1.0,
-            max_new_tokens=sampling.max_new_tokens, eos_token_id=sorted(eos_ids),
-            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(eos_ids),
-        )
-        for request in requests:
-            input_ids = torch.tensor([request.prompt_token_ids], device=self.options["device"])
-            torch.manual_seed(request.seed)
-            with torch.no_grad():
-                output = self._model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
-                                              generation_config=config)
-            new_tokens = output[0, input_ids.shape[1]:].tolist()
-            stopped = bool(new_tokens) and new_tokens[-1] in eos_ids
-            yield request, {
-                "completion": self.tokenizer.decode(new_tokens, skip_special_tokens=True),
-                "num_tokens": len(new_tokens),
-                "finish_reason": "stop" if stopped else "length",
-            }
-
-
-class VLLMBackend(Backend):
-    """vLLM: ``tensor_parallel_size`` GPUs per replica, ``data_parallel_size`` replicas, each in its own process.
-
-    Requests go to vLLM ``chunk_size`` at a time; a chunk's completions are written when the chunk finishes, so an
-    interruption loses at most one chunk per replica.
-    """
-
-    name = "vllm"
-
-    def __init__(self, model_path: str | Path, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
-                 chunk_size: int = 1024, gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
-                 dtype: str = "auto"):
-        try:
-            import vllm  # noqa: F401 - fail here, before any work, if the GPU extra is missing
-        except ImportError as error:
-            raise ImportError("the vllm backend needs vLLM: pip install 'ranktuner-verl[gpu]' "
-                              "(or use --backend hf on CPU)") from error
-        if tensor_parallel_size < 1 or data_parallel_size < 1 or chunk_size < 1:
-            raise ValueError("tensor_parallel_size, data_parallel_size and chunk_size must all be >= 1")
-        options = dict(tensor_parallel_size=tensor_parallel_size, chunk_size=chunk_size,
-                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, dtype=dtype)
-        super().__init__(model_path, options, _device_groups(data_parallel_size, tensor_parallel_size))
-        self._llm = None
-
-    def _generate_here(self, requests: Sequence[Request], sampling: SamplingConfig):
-        from vllm import LLM, SamplingParams
-
-        if self._llm is None:
-            engine = {k: v for k, v in self.options.items() if k != "chunk_size"}
-            self._llm = LLM(model=self.model_path, seed=sampling.seed, **engine)
-        chunk_size = self.options["chunk_size"]
-        for start in range(0, len(requests), chunk_size):
-            chunk = requests[start:start + chunk_size]
-            params = [SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
-                                     max_tokens=sampling.max_new_tokens, seed=r.seed) for r in chunk]
-            prompts = [{"prompt_token_ids": list(r.prompt_token_ids)} for r in chunk]
-            for request, output in zip(chunk, self._llm.generate(prompts, params, use_tqdm=False)):
-                sample = output.outputs[0]
-                yield request, {"completion": sample.text, "num_tokens": len(sample.token_ids),
-                                "finish_reason": "stop" if sample.finish_reason == "stop" else "length"}
-
-
-def _device_groups(replicas: int, gpus_per_replica: int) -> list[str]:
-    """``CUDA_VISIBLE_DEVICES`` of each replica: consecutive groups of the visible GPUs."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        gpus = [d.strip() for d in visible.split(",") if d.strip()]
-    else:
-        import torch
-
-        gpus = [str(i) for i in range(torch.cuda.device_count())]
-    if replicas * gpus_per_replica > len(gpus):
-        raise ValueError(f"{replicas} replica(s) x {gpus_per_replica} GPU(s) need {replicas * gpus_per_replica} "
-                         f"GPUs, but {len(gpus)} are visible ({','.join(gpus) or 'none'}); use fewer")
-    return [",".join(gpus[r * gpus_per_replica:(r + 1) * gpus_per_replica]) for r in range(replicas)]
-
-
-def run_data_parallel(backend: str, model_path: str, options: dict, replicas: list[str | None],
-                      requests: Sequence[Request], sampling: SamplingConfig) -> Iterator[tuple[Request, dict]]:
-    """Split ``requests`` over one spawned process per replica (``CUDA_VISIBLE_DEVICES`` = its entry, unless None),
-    each running a single-replica ``backend``; yield their results as they arrive, through one queue."""
-    import multiprocessing
-    import queue as queue_module
-
-    if not requests:
-        return
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    workers = [context.Process(target=_replica_worker, name=f"{backend}-replica{rank}", args=(
-        backend, model_path, options, devices, len(replicas), list(requests[rank::len(replicas)]), sampling, results))
-        for rank, devices in enumerate(replicas)]
-    for worker in workers:
-        worker.start()
-    try:
-        running = len(workers)
-        while running:
-            try:
-                item = results.get(timeout=5)
-            except queue_module.Empty:  # a worker killed outright (OOM, signal) never sends its None
-                dead = [w.name for w in workers if w.exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(f"data-parallel worker(s) {dead} died; their error is printed above")
-                continue
-            if item is None:
-                running -= 1
-            else:
-                yield item
-        for worker in workers:
-            worker.join()
-        failed = [w.name for w in workers if w.exitcode != 0]
-        if failed:
-            raise RuntimeError(f"data-parallel worker(s) {failed} failed; their error is printed above")
-    finally:
-        for worker in workers:
-            if worker.is_alive():
-                worker.terminate()
-                worker.join()
-
-
-def _replica_worker(backend: str, model_path: str, options: dict, devices: str | None, num_replicas: int,
-                    requests: list[Request], sampling: SamplingConfig, results) -> None:
-    if devices is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = devices  # before CUDA starts in this process
-    else:
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_replicas))
-    try:
-        for item in BACKENDS[backend](model_path, **options).generate(requests, sampling):
-            results.put(item)
-    finally:
-        results.put(None)
-
-
-BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}
-
-
-def make_backend(name: str, model_path: str | Path, **options):
-    """Build backend ``name`` ("hf" or "vllm") for the model directory ``model_path``."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown generation backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if not (Path(model_path) / "config.json").is_file():
-        raise FileNotFoundError(f"{model_path} is not a Hugging Face model directory (no config.json); for a verl "
-                                "checkpoint or a LoRA run resolve it first: python -m "
-                                "ranktuner_verl.integration.checkpoints PATH (the eval CLI and eval.sh do this)")
-    return BACKENDS[name](model_path, **options)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -319,32 +64,54 @@ def generate_completions(backend, problems: Sequence[Problem], out_dir: str | Pa
     if len(set(ids)) != len(ids):
         raise ValueError("problem ids are not unique; the benchmark loader must give every problem its own id")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prompts = {p.id: tuple(chat_prompt_ids(backend.tokenizer, p.question, system_prompt)) for p in problems}
+    budget = token_budget(sampling.max_new_tokens, backend.context_length, [len(x) for x in prompts.values()])
     settings = {"model": backend.model_path, "backend": backend.name, "system_prompt": system_prompt,
-                **asdict(sampling)}
+                **asdict(sampling), "stop_tokens": backend.stop_tokens, "context_length": backend.context_length,
+                "effective_max_new_tokens": budget}
+    if budget["capped_prompts"]:
+        logger.warning("%s: the %d-token context leaves %d of %d prompts fewer than max_new_tokens=%d new tokens "
+                       "(as few as %d); recorded in generation.json", out_dir, backend.context_length,
+                       budget["capped_prompts"], len(problems), sampling.max_new_tokens, budget["min"])
+    out_dir.mkdir(parents=True, exist_ok=True)
     _claim_folder(out_dir, problems, settings)
 
     path = out_dir / COMPLETIONS_FILE
     done = read_completions(path, repair=True)
     todo = []
     for problem in problems:
-        missing = [s for s in range(sampling.n) if (problem.id, s) not in done]
+        missing = tuple(s for s in range(sampling.n) if (problem.id, s) not in done)
         if missing:
-            prompt = tuple(chat_prompt_ids(backend.tokenizer, problem.question, system_prompt))
-            todo += [Request(problem.id, s, prompt, sample_seed(sampling.seed, problem.id, s)) for s in missing]
+            prompt = prompts[problem.id]
+            limit = min(sampling.max_new_tokens, backend.context_length - len(prompt)) if backend.context_length \
+                else sampling.max_new_tokens
+            todo.append(Request(problem.id, missing, prompt, problem_seed(sampling.seed, problem.id, missing[0]),
+                                limit))
     total = len(problems) * sampling.n
     if todo:
-        logger.info("%s: %d of %d completions to generate", out_dir, len(todo), total)
+        logger.info("%s: %d of %d completions to generate", out_dir, sum(len(r.samples) for r in todo), total)
         with open(path, "a", encoding="utf-8") as sink, \
-                tqdm(total=total, initial=total - len(todo), desc=f"generating {out_dir.name}", unit="sample",
-                     disable=not progress) as bar:
-            for request, result in backend.generate(todo, sampling):
-                record = {"id": request.problem_id, "sample": request.sample, "seed": request.seed, **result}
-                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                tqdm(total=total, initial=total - sum(len(r.samples) for r in todo), desc=f"generating {out_dir.name}",
+                     unit="sample", disable=not progress) as bar:
+            for request, results in backend.generate(todo, sampling):
+                records = [{"id": request.problem_id, "sample": sample, "seed": request.seed, **result}
+                           for sample, result in zip(request.samples, results)]
+                sink.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
                 sink.flush()
-                done[(request.problem_id, request.sample)] = record
-                bar.update()
+                done.update({(r["id"], r["sample"]): r for r in records})
+                bar.update(len(records))
     return [done[(p.id, s)] for p in problems for s in range(sampling.n)]
+
+
+def token_budget(max_new_tokens: int, context: int | None, prompt_lengths: Sequence[int]) -> dict:
+    """The new tokens each prompt really gets: ``min(max_new_tokens, context - prompt length)``; min, max and how
+    many prompts the context caps. A prompt that fills the context is an error."""
+    budgets = [min(max_new_tokens, context - n) if context else max_new_tokens for n in prompt_lengths]
+    if min(budgets) < 1:
+        longest = max(prompt_lengths)
+        raise ValueError(f"a prompt of {longest} tokens leaves no room in the model's {context}-token context; "
+                         "raise --max-model-len (vllm) or use a model with a longer context")
+    return {"min": min(budgets), "max": max(budgets), "capped_prompts": sum(b < max_new_tokens for b in budgets)}
 
 
 def read_completions(path: str | Path, repair: bool = False) -> dict[tuple[str, int], dict]:

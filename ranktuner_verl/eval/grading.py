@@ -4,9 +4,10 @@
 fall-backs when there is none, in the spirit of the Qwen2.5-Math evaluation harness: "final answer is X" /
 "final answer: X", then "the answer is X" / "answer: X", then the last number in the text.
 
-``grade`` compares the extracted answer with the gold one: equal strings are correct at once; otherwise both are
-parsed by math-verify (``parse`` + ``verify``, https://github.com/huggingface/Math-Verify) and compared symbolically
-and numerically. The whole comparison runs under a per-answer wall-clock limit (SIGALRM, main thread). An error or a
+``grade`` compares the extracted answer with the gold one with ``grader`` "math-verify" (default: equal strings are
+correct at once; otherwise both are parsed by math-verify, ``parse`` + ``verify``,
+https://github.com/huggingface/Math-Verify, and compared symbolically and numerically) or "qwen" (the Qwen2.5-Math
+harness's rules, ``ranktuner_verl.eval.qwen_grader``). The whole comparison runs under a per-answer wall-clock limit (SIGALRM, main thread). An error or a
 timeout is reported in the returned ``Grade`` (counted as wrong), never raised, so one pathological answer cannot stop
 a run.
 """
@@ -27,6 +28,7 @@ from typing import Sequence
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 5.0
+GRADERS = ("math-verify", "qwen")  # --grader: math-verify, or the Qwen2.5-Math harness's rules (qwen_grader.py)
 
 
 @dataclass(frozen=True)
@@ -199,8 +201,13 @@ def _parse(answer: str):
 
 
 @functools.cache
-def _warm_up() -> None:
-    """Import math-verify and build its parsers once, outside any time limit (a fresh process needs seconds)."""
+def _warm_up(grader: str) -> None:
+    """Import the grader's parsers once, outside any time limit (a fresh process needs seconds)."""
+    if grader == "qwen":
+        from ranktuner_verl.eval.qwen_grader import qwen_equal
+
+        qwen_equal("x^2", "x \\cdot x")
+        return
     from math_verify import verify
 
     verify(_parse("1"), _parse("1"), timeout_seconds=None)
@@ -221,15 +228,23 @@ def _compact(answer: str) -> str:
     return re.sub(r"\s+", "", answer)
 
 
-def grade(completion: str, gold: str, timeout: float | None = DEFAULT_TIMEOUT_S) -> Grade:
-    """Grade one completion against the gold answer; never raises (errors and timeouts land in ``Grade.error``)."""
+def grade(completion: str, gold: str, timeout: float | None = DEFAULT_TIMEOUT_S, grader: str = "math-verify") -> Grade:
+    """Grade one completion against the gold answer with ``grader`` (``GRADERS``); never raises (errors and
+    timeouts land in ``Grade.error``)."""
+    if grader not in GRADERS:
+        raise ValueError(f"unknown grader {grader!r}; choose one of {', '.join(GRADERS)}")
     extracted = extract_answer(completion)
     if extracted is None:
         return Grade(correct=False, extracted=None)
-    _warm_up()
+    _warm_up(grader)
     try:
         with _time_limit(timeout):
-            correct = _equivalent(_tidy(str(gold)), _tidy(extracted))
+            if grader == "qwen":
+                from ranktuner_verl.eval.qwen_grader import qwen_equal
+
+                correct = qwen_equal(_tidy(extracted), _tidy(str(gold)))
+            else:
+                correct = _equivalent(_tidy(str(gold)), _tidy(extracted))
     except _GradingTimeout:
         return Grade(correct=False, extracted=extracted, error=f"timeout after {timeout:g}s")
     except Exception as error:  # noqa: BLE001 - a grader failure is a counted outcome, not a crash
@@ -237,12 +252,12 @@ def grade(completion: str, gold: str, timeout: float | None = DEFAULT_TIMEOUT_S)
     return Grade(correct=correct, extracted=extracted)
 
 
-def _grade_pair(pair: tuple[str, str, float | None]) -> Grade:
+def _grade_pair(pair: tuple[str, str, float | None, str]) -> Grade:
     return grade(*pair)
 
 
 def grade_many(completions: Sequence[str], golds: Sequence[str], timeout: float | None = DEFAULT_TIMEOUT_S,
-               workers: int = 1, desc: str = "grading") -> list[Grade]:
+               workers: int = 1, desc: str = "grading", grader: str = "math-verify") -> list[Grade]:
     """Grade ``completions[i]`` against ``golds[i]`` for all i, in order, with a progress bar counting failures.
 
     ``workers > 1`` grades in that many worker processes (each enforces the timeout in its own main thread).
@@ -252,7 +267,9 @@ def grade_many(completions: Sequence[str], golds: Sequence[str], timeout: float 
     if len(completions) != len(golds):
         raise ValueError(f"grade_many needs one gold answer per completion: got {len(completions)} completions "
                          f"and {len(golds)} gold answers")
-    pairs = [(completion, gold, timeout) for completion, gold in zip(completions, golds)]
+    if grader not in GRADERS:
+        raise ValueError(f"unknown grader {grader!r}; choose one of {', '.join(GRADERS)}")
+    pairs = [(completion, gold, timeout, grader) for completion, gold in zip(completions, golds)]
     grades: list[Grade] = []
     correct = errors = timeouts = 0
     with tqdm(total=len(pairs), desc=desc, unit="answer") as bar:

@@ -2,7 +2,8 @@
 
 A result folder is what ``python -m ranktuner_verl.eval run`` writes: one subfolder per benchmark holding a
 ``metrics.json``. Each folder is one row (its name is the label unless labels are given); each benchmark gets one
-column per k, then "Avg" is the plain mean over the benchmarks (left empty for a run missing one of them). Values
+column per k, then "Avg" is the plain mean over the benchmarks (left empty for a run missing one of them). Every
+empty cell ("-") is explained below the Markdown table (Pass@k needs n >= k samples per problem; a missing benchmark). Values
 are percentages with two decimals; the best value of every column is bold in Markdown and LaTeX, and named in the
 CSV's last row. All three files are written only once the whole table has been built.
 """
@@ -16,12 +17,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ranktuner_verl.data.benchmarks import BENCHMARKS
+from ranktuner_verl.eval.benchmarks import BENCHMARKS, REGISTRY
 from ranktuner_verl.eval.generate import write_text_atomic
 
 METRICS_FILE = "metrics.json"
-DISPLAY_NAMES = {"math500": "MATH500", "minerva_math": "Minerva", "olympiadbench": "OlympiadBench",
-                 "aime24": "AIME24", "amc23": "AMC23"}
+DISPLAY_NAMES = {name: bench.display for name, bench in REGISTRY.items()}
 AVERAGE = "Avg"
 
 
@@ -48,6 +48,7 @@ class Table:
     benchmarks: list[str]
     ks: tuple[int, ...]
     values: dict[str, dict[tuple[str, int], float | None]]
+    notes: tuple[str, ...] = ()  # why cells are empty
 
     @property
     def columns(self) -> list[tuple[str, int]]:
@@ -65,20 +66,33 @@ def build_table(results: dict[str, dict[str, dict]], ks: tuple[int, ...] = (1, 1
         raise ValueError("no runs to tabulate")
     present = {b for metrics in results.values() for b in metrics}
     benchmarks = [b for b in BENCHMARKS if b in present] + sorted(present - set(BENCHMARKS))
-    values = {}
+    values, notes = {}, []
     for run, metrics in results.items():
         row = {}
         for k in ks:
             for benchmark in benchmarks:
                 value = metrics.get(benchmark, {}).get("pass@k", {}).get(str(k))
                 row[(benchmark, k)] = None if value is None else 100.0 * value
+                if value is None:
+                    notes.append(_why_empty(run, metrics.get(benchmark), benchmark, k))
             column = [row[(b, k)] for b in benchmarks]
             row[(AVERAGE, k)] = None if None in column else sum(column) / len(column)
         values[run] = row
     if all(v is None for row in values.values() for v in row.values()):
         raise ValueError(f"none of the runs has Pass@k for k in {list(ks)}; generate more samples per problem "
                          "or ask for smaller k")
-    return Table(runs=list(results), benchmarks=benchmarks, ks=tuple(ks), values=values)
+    return Table(runs=list(results), benchmarks=benchmarks, ks=tuple(ks), values=values,
+                 notes=tuple(dict.fromkeys(notes)))
+
+
+def _why_empty(run: str, metrics: dict | None, benchmark: str, k: int) -> str:
+    name = DISPLAY_NAMES.get(benchmark, benchmark)
+    if metrics is None:
+        return f"{run}: no {name} results (Avg needs every benchmark)"
+    n = metrics.get("samples_per_problem")
+    if n is not None and n < k:
+        return f"{run}, {name} Pass@{k}: n = {n} samples per problem < k = {k} (and Avg Pass@{k}); evaluate with --n {k}"
+    return f"{run}, {name} Pass@{k}: not in its metrics.json; re-grade it (python -m ranktuner_verl.eval grade)"
 
 
 def collect_table(run_dirs: list[str | Path], labels: list[str] | None = None,
@@ -112,7 +126,8 @@ def to_markdown(table: Table) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
     for run in table.runs:
         lines.append("| " + " | ".join([run, *(_cell(table, run, c, "**{}**") for c in table.columns)]) + " |")
-    return "\n".join(lines) + "\n"
+    notes = ["", *(f"`-`: {note}" for note in table.notes)] if table.notes else []
+    return "\n".join(lines + notes) + "\n"
 
 
 def to_csv(table: Table) -> str:

@@ -1,10 +1,16 @@
 """Fixes for verl 0.9.1 against the libraries around it, applied by the plugin (each one says why)."""
 
+from ranktuner_verl.integration.on_import import when_imported
 
-def tolerate_trl_without_value_head() -> None:
+
+def install() -> None:
+    """Apply each fix when verl imports the module it fixes (``import verl`` alone loads none of them)."""
+    when_imported("verl.models.transformers.monkey_patch", _tolerate_trl_without_value_head)
+
+
+def _tolerate_trl_without_value_head(monkey_patch) -> None:
     """verl 0.9.1 patches TRL's ``AutoModelForCausalLMWithValueHead`` whenever TRL is installed, and so fails to load
     any model with TRL >= 1.x, which removed that class. Make that one check ask for the class, not the package."""
-    from verl.models.transformers import monkey_patch
 
     def value_head_available() -> bool:
         try:

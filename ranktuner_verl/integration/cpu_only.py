@@ -10,4 +10,4 @@ the full plugin.
 from ranktuner_verl.integration import compat, platform_cpu
 
 platform_cpu.install()
-compat.tolerate_trl_without_value_head()
+compat.install()

@@ -70,14 +70,14 @@ def collecting(names: Iterable[str], stat_kwargs: Mapping):
         _CURRENT.reset(token)
 
 
-def take(micro_batch, use_remove_padding: bool, loss_name: str) -> dict[str, torch.Tensor]:
+def take(micro_batch, use_remove_padding: bool, names) -> dict[str, torch.Tensor]:
     """The statistics of this micro-batch, flat in the layout of verl's fused log-probs before their Ulysses gather:
     this rank's packed shard with its pad (remove-padding), or the valid tokens of each row in order (padded)."""
     request = _CURRENT.get()
     if request is None or request.stats is None:
         raise RuntimeError(
-            f"loss={loss_name} needs token statistics, but the model's fused forward did not go through verl's "
-            "FusedLinearForPPO (a model verl's fused kernels do not patch, or another backend). "
+            f"this loss needs the token statistics {sorted(names)}, but the model's fused forward did not go through "
+            "verl's FusedLinearForPPO (a model verl's fused kernels do not patch, or another backend). "
             "Set model.use_fused_kernels=False."
         )
     stats, request.stats = request.stats, None

@@ -2,27 +2,74 @@
 
 verl resolves one platform singleton (``verl.plugin.platform.get_platform``) and asks it for the device name, the
 ``torch.<device>`` module, the collective backend and the Ray resource. Without an accelerator it falls back to
-NVIDIA and asks for NCCL. ``install()`` registers a ``cpu`` platform and makes it current, registers verl's FSDP
-engines for device ``cpu``, and makes verl's process-group initialisers use gloo alone (verl builds
-``"cpu:gloo,<device>:<backend>"``, which torch rejects when both halves are gloo). See docs/VERL_NOTES.md.
+NVIDIA and asks for NCCL. Only where no accelerator is in reach (``accelerator_in_reach``), ``install()`` registers a
+``cpu`` platform (never auto-detected) and makes it current, registers verl's FSDP engines for device ``cpu`` and
+makes verl's process-group initialisers use gloo alone (verl builds ``"cpu:gloo,<device>:<backend>"``, which torch
+rejects when both halves are gloo). See docs/verl_integration.md.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from contextlib import contextmanager, nullcontext
 from types import ModuleType
 
 import torch
 
+from ranktuner_verl.integration.engine_hook import ENGINE_MODULE
+from ranktuner_verl.integration.on_import import when_imported
 
-def accelerator_present() -> bool:
-    """True when torch sees CUDA (NVIDIA or ROCm) or an Ascend NPU: the CPU layer then stays out of the way."""
+
+SWITCH = "RANKTUNER_VERL_CPU"  # "1": the CPU layer on, whatever is in reach; "0": off; unset/"auto": see install()
+ACCELERATOR_RESOURCES = ("GPU", "NPU")  # Ray resources of verl's accelerator platforms (ray_resource_name)
+_log = logging.getLogger(__name__)
+_state = {"active": False}
+
+
+def accelerator_in_reach() -> str | None:
+    """Where this process can reach an accelerator, in words; None when nowhere, the only case the CPU layer is for.
+
+    In reach: a device torch sees; an accelerator platform verl's own auto-detection finds (it runs ``nvidia-smi``,
+    ``rocm-smi`` or imports ``torch_npu``, so it says "cuda" in a Ray actor with ``CUDA_VISIBLE_DEVICES=""`` on a
+    GPU node); a platform named by ``VERL_PLATFORM``; and GPUs or NPUs in the Ray cluster this process is connected
+    to (a driver or actor on a CPU head node).
+    """
     if torch.cuda.is_available():
-        return True
+        return "torch sees a CUDA device"
     npu = getattr(torch, "npu", None)
-    return bool(npu is not None and npu.is_available())
+    if npu is not None and npu.is_available():
+        return "torch sees an NPU"
+    named = os.environ.get("VERL_PLATFORM", "").strip().lower()
+    if named and named != "cpu":
+        return f"VERL_PLATFORM={named}"
+    from verl.plugin.platform import PlatformRegistry
+
+    for name in PlatformRegistry.registered_names():
+        if name == "cpu":
+            continue
+        try:
+            if PlatformRegistry.get(name)().is_platform_available(use_smi_check=True):
+                return f"verl's platform detection finds {name!r}"
+        except Exception:  # noqa: BLE001  (verl's own detection skips such platforms the same way)
+            continue
+    return _ray_accelerators()
+
+
+def _ray_accelerators() -> str | None:
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    resources = ray.cluster_resources()
+    found = {name: resources[name] for name in ACCELERATOR_RESOURCES if resources.get(name)}
+    return f"the Ray cluster has {found}" if found else None
+
+
+def active() -> bool:
+    """Whether the CPU layer is active in this process."""
+    return _state["active"]
 
 
 class _CpuDeviceModule(ModuleType):
@@ -112,7 +159,8 @@ def _platform_class():
             return True
 
         def is_platform_available(self, use_smi_check=False) -> bool:
-            return not accelerator_present()
+            # never auto-detected: verl's detection still answers for the accelerators; install() picks this one
+            return False
 
         def current_device(self):
             return "cpu"
@@ -184,10 +232,9 @@ def _gloo_only(backend: str | None) -> str | None:
     return backend
 
 
-def _patch_process_group_init() -> None:
+def _patch_process_group_init(verl_dist) -> None:
     """Route verl's two process-group initialisers through ``_gloo_only`` (they build the backend string inline)."""
     import torch.distributed as dist
-    import verl.utils.distributed as verl_dist
 
     if getattr(verl_dist, "_ranktuner_cpu_patched", False):
         return
@@ -212,12 +259,14 @@ def _patch_process_group_init() -> None:
     verl_dist._ranktuner_cpu_patched = True
 
 
-def _register_cpu_engines() -> None:
+def _register_cpu_engines(transformer_impl) -> None:
     """Register verl's FSDP engines (LM head and value head) for device ``cpu``; FSDP2 runs on CPU tensors."""
-    from verl.workers.engine import EngineRegistry
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
+    from verl.workers.engine.base import EngineRegistry
 
-    for model_type, engine in (("language_model", FSDPEngineWithLMHead), ("value_model", FSDPEngineWithValueHead)):
+    if not active():
+        return
+    for model_type, engine in (("language_model", transformer_impl.FSDPEngineWithLMHead),
+                               ("value_model", transformer_impl.FSDPEngineWithValueHead)):
         backends = EngineRegistry._engines.get(model_type, {})
         if "cpu" not in backends.get("fsdp2", {}):
             EngineRegistry.register(model_type=model_type, backend=["fsdp", "fsdp2"], device="cpu")(engine)
@@ -253,29 +302,70 @@ def _ulysses_sdpa(sdpa):
     return attention
 
 
-def _patch_sdpa_for_ulysses() -> None:
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    if not getattr(ALL_ATTENTION_FUNCTIONS["sdpa"], "_ranktuner_ulysses", False):
-        ALL_ATTENTION_FUNCTIONS["sdpa"] = _ulysses_sdpa(ALL_ATTENTION_FUNCTIONS["sdpa"])
+def _patch_sdpa_for_ulysses(modeling_utils) -> None:
+    attention_functions = modeling_utils.ALL_ATTENTION_FUNCTIONS
+    if active() and not getattr(attention_functions["sdpa"], "_ranktuner_ulysses", False):
+        attention_functions["sdpa"] = _ulysses_sdpa(attention_functions["sdpa"])
 
 
 def install() -> bool:
-    """Make verl run on CPU when no accelerator is present. Idempotent; returns True when the CPU layer is active.
+    """Activate the CPU layer where no accelerator is in reach, or where ``RANKTUNER_VERL_CPU=1`` or
+    ``VERL_PLATFORM=cpu`` asks for it, and log a warning saying so; returns ``active()``. Idempotent.
 
-    ``RANKTUNER_VERL_CPU=0`` keeps it off, ``=1`` forces it on (e.g. to test the CPU path on a GPU machine).
+    The engine and attention patches wait for verl's engine and transformers' modeling code to be imported
+    (``on_import``). A process that activates before it connects to Ray (a driver on a CPU head node) checks again
+    once ``ray.init`` returns, and gives verl its own platform back if the cluster has GPUs or NPUs.
     """
-    choice = os.environ.get("RANKTUNER_VERL_CPU", "auto").strip().lower()
-    if choice in ("0", "false", "off") or (choice == "auto" and accelerator_present()):
-        return False
     from verl.plugin import platform as verl_platform
     from verl.plugin.platform import platform_manager
 
-    platform_cls = _platform_class()
+    choice = os.environ.get(SWITCH, "auto").strip().lower()
+    if choice in ("0", "false", "off"):
+        return False
+    asked = choice in ("1", "true", "on") or os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu"
+    if not asked and accelerator_in_reach() is not None:
+        return False
+    if not active():
+        _log.warning(
+            "ranktuner_verl: no accelerator in reach of this process, so verl runs on the CPU platform this plugin "
+            "adds (gloo, Ray CPU bundles). %s=0 turns it off, %s=1 forces it on.", SWITCH, SWITCH)
+    _state["active"] = True
     current = platform_manager._current_platform
     if current is None or current.device_name != "cpu":
-        verl_platform.set_platform(platform_cls())
-    _patch_process_group_init()
-    _register_cpu_engines()
-    _patch_sdpa_for_ulysses()
+        verl_platform.set_platform(_platform_class()())
+    when_imported("verl.utils.distributed", _patch_process_group_init)
+    when_imported(ENGINE_MODULE, _register_cpu_engines)
+    when_imported("transformers.modeling_utils", _patch_sdpa_for_ulysses)
+    if not asked:
+        _check_again_after_ray_init()
     return True
+
+
+def _check_again_after_ray_init() -> None:
+    import ray
+
+    if ray.is_initialized() or getattr(ray.init, "_ranktuner_checks_again", False):
+        return
+    original = ray.init
+
+    @functools.wraps(original)
+    def init(*args, **kwargs):
+        context = original(*args, **kwargs)
+        ray.init = original
+        reason = _ray_accelerators()
+        if reason is not None and active():
+            _deactivate(reason)
+        return context
+
+    init._ranktuner_checks_again = True
+    ray.init = init
+
+
+def _deactivate(reason: str) -> None:
+    """Give verl its own platform back (it detects it again on the next ``get_platform``)."""
+    from verl.plugin.platform import platform_manager
+
+    _state["active"] = False
+    if isinstance(platform_manager._current_platform, _platform_class()):
+        platform_manager._current_platform = None
+    _log.warning("ranktuner_verl: %s, so the CPU platform is off again: verl uses its own platform.", reason)

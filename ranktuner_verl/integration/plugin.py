@@ -1,17 +1,29 @@
 """The ``verl.plugins`` entry point: ``import verl`` loads this module in every process (torchrun ranks, Ray workers).
 
-It installs the CPU platform when no accelerator is present (``platform_cpu``), the engine hook that computes our
-token statistics (``engine_hook``) and the fixes in ``compat``. verl swallows entry-point errors (DEBUG log only),
-so our trainers call ``require()``, which fails loudly if the plugin is not active.
+It installs the CPU platform where no accelerator is in reach (``platform_cpu``), the engine hook that computes our
+token statistics (``engine_hook``), the token-weighted policy losses (``policy_loss``) and the fixes in ``compat``.
+Only the CPU platform acts at once; the hook, the policy losses and the fixes wait until verl imports the module they
+patch (``on_import``), so ``import verl`` loads nothing more than this package's few modules. verl swallows
+entry-point errors (DEBUG log only), so our trainers call ``require()``, which fails loudly if the plugin is not
+active.
 """
 
 import os
 
 from ranktuner_verl.integration import compat, engine_hook, platform_cpu
+from ranktuner_verl.integration.on_import import when_imported
 
-CPU_PLATFORM_ACTIVE = platform_cpu.install()
+
+def _register_policy_losses(_core_algos) -> None:
+    from ranktuner_verl.integration import policy_loss
+
+    policy_loss.register()
+
+
+platform_cpu.install()
 engine_hook.install()
-compat.tolerate_trl_without_value_head()
+compat.install()
+when_imported("verl.trainer.ppo.core_algos", _register_policy_losses)
 
 
 ENTRY_POINT = "ranktuner_verl"  # our name in the "verl.plugins" group (pyproject.toml)

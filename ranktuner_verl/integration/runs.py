@@ -32,8 +32,10 @@ class Run:
 
 
 def run_trainer(overrides: list[str], out_dir: str | Path, *, module: str = TRAINER, nproc: int = 1,
-                ray: bool = False, env: dict | None = None, check: bool = True, timeout: int = 1800) -> Run:
-    """Run ``module`` with torchrun on ``nproc`` local ranks (or as the Ray driver) in ``out_dir``."""
+                ray: bool = False, env: dict | None = None, check: bool = True, timeout: int = 1800,
+                prefix: tuple[str, ...] = ()) -> Run:
+    """Run ``module`` with torchrun on ``nproc`` local ranks (or as the Ray driver) in ``out_dir``; ``prefix``: a
+    command that runs the trainer's command line given as its arguments (e.g. in a namespace)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "metrics.jsonl"
@@ -45,7 +47,7 @@ def run_trainer(overrides: list[str], out_dir: str | Path, *, module: str = TRAI
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                    "-m", module]
-    result = subprocess.run(command + ["trainer.logger=[console,file]", *overrides], cwd=out_dir, env=run_env,
+    result = subprocess.run([*prefix, *command, "trainer.logger=[console,file]", *overrides], cwd=out_dir, env=run_env,
                             capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr
     (out_dir / "output.log").write_text(output)

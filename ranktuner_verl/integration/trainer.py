@@ -11,26 +11,23 @@ training worker (``WeightedSFTLoss`` instead of the hard-coded ``sft_loss``) and
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ranktuner_verl.integration import plugin
-from ranktuner_verl.integration.loss import WeightedSFTLoss, reduce_step_metrics
+from ranktuner_verl.integration import checks, platform_cpu, plugin
+from ranktuner_verl.integration.checkpoint_guard import GuardedCheckpoints, finished_before_loading, finished_message
+from ranktuner_verl.integration.loss import NLL_SUM, TOKENS, WeightedSFTLoss, _flatten, reduce_step_metrics
 
+from verl.trainer import sft_trainer as verl_sft_trainer  # noqa: E402  (after the plugin)
 from verl.trainer.sft_trainer import SFTTrainer  # noqa: E402  (after the plugin: it must see the CPU platform)
 
 CONFIG_DIR = "configs"
 CONFIG_NAME = "sft"
-EXPECTED_COLUMN_HELP = (
-    "Each row needs a list of chat turns [{'role': 'system'|'user'|'assistant', 'content': str}, ...] with a "
-    "non-empty assistant turn. Write such a file with `python -m ranktuner_verl.data.numina --out-dir DIR` "
-    "or ranktuner_verl.data.tiny.write_sft_parquet."
-)
-
-
 def build_loss(config: DictConfig) -> WeightedSFTLoss:
     """The loss named by ``config.loss`` (``name`` plus the method's parameters); ValueError on bad input."""
     params = OmegaConf.to_container(config.loss, resolve=True)
@@ -40,39 +37,10 @@ def build_loss(config: DictConfig) -> WeightedSFTLoss:
     return WeightedSFTLoss(name, **params)
 
 
-def validate_data(config: DictConfig) -> None:
-    """Stop before training when a data file lacks the messages column or holds an example with an empty response."""
-    if config.data.custom_cls.get("path", None):
-        return  # a user dataset class reads its own schema
-    import pyarrow.parquet as pq
-
-    key = config.data.messages_key
-    for split in ("train_files", "val_files"):
-        files = config.data.get(split)
-        if not files:
-            continue
-        for path in [files] if isinstance(files, str) else list(files):
-            path = os.path.expanduser(path)
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"data.{split}: {path} does not exist. {EXPECTED_COLUMN_HELP}")
-            schema_names = pq.read_schema(path).names
-            if key not in schema_names:
-                raise ValueError(
-                    f"data.{split}: {path} has columns {schema_names} but no {key!r} column "
-                    f"(data.messages_key). {EXPECTED_COLUMN_HELP}"
-                )
-            for row, messages in enumerate(pq.read_table(path, columns=[key]).column(key).to_pylist()):
-                responses = [turn.get("content") for turn in messages or [] if turn.get("role") == "assistant"]
-                if not responses or any(not (text or "").strip() for text in responses):
-                    raise ValueError(
-                        f"data.{split}: {path} row {row} has an empty or missing assistant response: there is "
-                        f"nothing to train on. Drop the row or fill the response. {EXPECTED_COLUMN_HELP}"
-                    )
-
-
 def apply_cpu_defaults(config: DictConfig) -> None:
-    """On the CPU platform: device cpu, FSDP2 (FSDP1 refuses CPU parameters), SDPA attention (no flash-attn)."""
-    if not plugin.CPU_PLATFORM_ACTIVE:
+    """On the CPU platform: device cpu, FSDP2 (FSDP1 refuses CPU parameters), SDPA attention (no flash-attn).
+    The Ray driver calls it once connected, when the CPU platform knows whether the cluster has accelerators."""
+    if not platform_cpu.active():
         return
     with open_dict(config):
         config.trainer.device = "cpu"
@@ -83,11 +51,12 @@ def apply_cpu_defaults(config: DictConfig) -> None:
 
 def prepare(config: DictConfig, for_workers: bool = False) -> WeightedSFTLoss:
     """Everything that can fail before the model loads: the plugin (``for_workers``: also in Ray workers), the loss
-    and its parameters, the data."""
+    and its parameters, then the start-up checks (``checks.run_checks``). Under torchrun only rank 0 checks (one
+    message, not one per rank); none does when ``scripts/train.sh`` checked before starting the ranks."""
     plugin.require(for_workers)
     loss = build_loss(config)
-    validate_data(config)
-    apply_cpu_defaults(config)
+    if os.environ.get("RANK", "0") == "0" and os.environ.get(checks.CHECKED_ENV) != "1":
+        checks.run_checks(config, loss)
     return loss
 
 
@@ -106,33 +75,108 @@ class RankTunerSFTTrainer(SFTTrainer):
         super()._build_engine()
         use_weighted_loss(self, StepMetricsClient)
 
+    def _build_ckpt_handler(self):
+        super()._build_ckpt_handler()
+        self.ckpt_handler = GuardedCheckpoints(self.ckpt_handler, self.config, writes_record=self.rank == 0)
+
+    def fit(self):
+        fit_unless_finished(self, verl_sft_trainer, super().fit, is_printing=self.rank == 0)
+
+
+def fit_unless_finished(trainer, verl_module, verl_fit, is_printing: bool) -> None:
+    """verl's ``fit`` with ``val/nll`` logged beside ``val/loss``; a run resumed at its last step says it is finished
+    instead of training one step past ``trainer.total_training_steps`` (what verl 0.9.1 does)."""
+    message = finished_message(trainer.resume_global_step, trainer.total_training_steps,
+                               str(trainer.config.trainer.default_local_dir))
+    if message:
+        if is_printing:
+            print(message, flush=True)
+        return
+    with logging_validation_nll(verl_module, trainer.training_client.validation):
+        verl_fit()
+
+
+class ValidationNLL:
+    """The plain NLL of the validation set, a token mean over every batch and rank: ``val/loss`` is the weighted
+    objective, which differs between losses; ``val/nll`` is comparable across them."""
+
+    def __init__(self):
+        self.nll_sum, self.tokens = 0.0, 0
+
+    def add(self, output):
+        if output is not None:
+            from verl.utils import tensordict_utils as tu
+
+            metrics = tu.get(output, "metrics")
+            if TOKENS in metrics:
+                self.nll_sum += sum(_flatten(metrics.pop(NLL_SUM)))
+                self.tokens += sum(_flatten(metrics.pop(TOKENS)))
+        return output
+
+    def take(self) -> float | None:
+        value = self.nll_sum / self.tokens if self.tokens else None
+        self.nll_sum, self.tokens = 0.0, 0
+        return value
+
+
+@contextlib.contextmanager
+def logging_validation_nll(verl_module, validation: ValidationNLL):
+    """While verl's ``fit`` runs, its tracker logs ``val/nll`` with every ``val/loss``."""
+    original = verl_module.Tracking
+
+    class Tracking(original):
+        def log(self, data, step, backend=None):
+            if "val/loss" in data:
+                nll = validation.take()
+                data = {**data, "val/nll": nll} if nll is not None else data
+            return super().log(data, step, backend)
+
+    verl_module.Tracking = Tracking
+    try:
+        yield
+    finally:
+        verl_module.Tracking = original
+
 
 class StepMetricsClient:
-    """A training worker whose ``train_batch`` output carries our metrics reduced to one value per step."""
+    """A training worker whose ``train_batch`` output carries our metrics reduced to one value per step, and whose
+    ``infer_batch`` (validation) adds its plain NLL to ``validation``."""
 
     def __init__(self, client):
         self._client = client
+        self.validation = ValidationNLL()
 
     def __getattr__(self, name):
         return getattr(self._client, name)
 
     def train_batch(self, *args, **kwargs):
         started = time.perf_counter()
-        return self._reduced(self._client.train_batch(*args, **kwargs), started)
+        return self._then(self._client.train_batch(*args, **kwargs), lambda out: with_reduced_metrics(out, started))
+
+    def infer_batch(self, *args, **kwargs):
+        return self._then(self._client.infer_batch(*args, **kwargs), self.validation.add)
 
     @staticmethod
-    def _reduced(output, started: float):
-        return with_reduced_metrics(output, started)
+    def _then(output, then):
+        return then(output)
 
 
 def with_reduced_metrics(output, started: float):
-    """Reduce our micro-batch metrics in ``output`` and add ``perf/step_time_s`` (wall time of the train step)."""
+    """Reduce our micro-batch metrics in ``output``; add ``perf/step_time_s`` (wall time of the train step) and
+    ``train/supervised_tokens``, and warn when a step had none (its loss is 0/0: it trained on nothing)."""
     if output is not None:
         from verl.utils import tensordict_utils as tu
 
         metrics = tu.get(output, "metrics")
+        tokens = sum(_flatten(metrics[TOKENS])) if TOKENS in metrics else None
         reduce_step_metrics(metrics)
         metrics["perf/step_time_s"] = time.perf_counter() - started
+        if tokens is not None:
+            metrics["train/supervised_tokens"] = tokens
+            if tokens == 0:
+                print("WARNING: a training step had no supervised token (every response in the batch was truncated "
+                      "away or masked): it trained on nothing and verl logs train/loss nan. Raise data.max_length "
+                      "or drop the rows the start-up checks named.", file=sys.stderr, flush=True)
     return output
 
 
@@ -141,15 +185,34 @@ def run(config: DictConfig) -> None:
     from verl.utils.distributed import destroy_global_process_group, initialize_global_process_group
 
     prepare(config)
+    finished = finished_before_loading(config)
+    if finished:
+        if os.environ.get("RANK", "0") == "0":
+            print(finished, flush=True)
+        return
+    apply_cpu_defaults(config)
     auto_set_device(config)
     initialize_global_process_group()
     RankTunerSFTTrainer(config=config).fit()
     destroy_global_process_group()
 
 
+def refuse_bad_loss_overrides() -> None:
+    """Before Hydra composes the config: a ``loss.KEY`` the chosen loss lacks is named with the loss that takes it."""
+    try:
+        checks.check_loss_overrides(sys.argv[1:])
+    except checks.StartupError as error:
+        sys.exit(f"error: {error}")
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name=CONFIG_NAME, version_base=None)
-def main(config: DictConfig) -> None:
+def _hydra_main(config: DictConfig) -> None:
     run(config)
+
+
+def main() -> None:
+    refuse_bad_loss_overrides()
+    _hydra_main()
 
 
 if __name__ == "__main__":

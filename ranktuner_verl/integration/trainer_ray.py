@@ -13,11 +13,15 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from ranktuner_verl.integration.checkpoint_guard import GuardedCheckpoints, finished_before_loading
+from ranktuner_verl.integration.cluster import refuse_relative_paths
 from ranktuner_verl.integration.trainer import (
-    CONFIG_DIR, CONFIG_NAME, StepMetricsClient, prepare, use_weighted_loss, with_reduced_metrics,
+    CONFIG_DIR, CONFIG_NAME, StepMetricsClient, apply_cpu_defaults, fit_unless_finished, prepare,
+    refuse_bad_loss_overrides, use_weighted_loss,
 )
 
-from verl.trainer.sft_trainer_ray import SFTTrainer as VerlRaySFTTrainer  # noqa: E402  (after the plugin)
+from verl.trainer import sft_trainer_ray as verl_sft_trainer_ray  # noqa: E402  (after the plugin)
+from verl.trainer.sft_trainer_ray import SFTTrainer as VerlRaySFTTrainer  # noqa: E402
 
 
 class RankTunerRaySFTTrainer(VerlRaySFTTrainer):
@@ -27,21 +31,28 @@ class RankTunerRaySFTTrainer(VerlRaySFTTrainer):
         super()._build_engine()
         use_weighted_loss(self, _StepMetricsWorkerGroup)
 
+    def _build_ckpt_handler(self):
+        super()._build_ckpt_handler()
+        self.ckpt_handler = GuardedCheckpoints(self.ckpt_handler, self.config, writes_record=True)
+
+    def fit(self):
+        fit_unless_finished(self, verl_sft_trainer_ray, super().fit, is_printing=True)
+
 
 class _StepMetricsWorkerGroup(StepMetricsClient):
-    """A Ray worker group: ``train_batch`` returns a future, whose result carries our metrics reduced per step."""
+    """A Ray worker group: its calls return futures; our metrics are handled when the result is fetched."""
 
     @staticmethod
-    def _reduced(future, started: float):
-        return _ReducedOnGet(future, started)
+    def _then(future, then):
+        return _ThenOnGet(future, then)
 
 
-class _ReducedOnGet:
-    def __init__(self, future, started: float):
-        self._future, self._started = future, started
+class _ThenOnGet:
+    def __init__(self, future, then):
+        self._future, self._then = future, then
 
     def get(self):
-        return with_reduced_metrics(self._future.get(), self._started)
+        return self._then(self._future.get())
 
 
 def run(config: DictConfig) -> None:
@@ -49,15 +60,27 @@ def run(config: DictConfig) -> None:
     from verl.utils.device import auto_set_device
 
     prepare(config, for_workers=True)
-    auto_set_device(config)
     if not ray.is_initialized():
         ray.init()
+    refuse_relative_paths(config, nodes=sum(node["Alive"] for node in ray.nodes()))
+    finished = finished_before_loading(config)
+    if finished:
+        print(finished, flush=True)
+        return
+    # only now: on a CPU head node the CPU platform stays active until ray.init shows the cluster's GPUs
+    apply_cpu_defaults(config)
+    auto_set_device(config)
     RankTunerRaySFTTrainer(config=config).fit()
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name=CONFIG_NAME, version_base=None)
-def main(config: DictConfig) -> None:
+def _hydra_main(config: DictConfig) -> None:
     run(config)
+
+
+def main() -> None:
+    refuse_bad_loss_overrides()
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ class ScriptedBackend:
     """
 
     name = "scripted"
+    stop_tokens = {"<|im_end|>": 2}
+    context_length = None
 
     def __init__(self, model_dir: Path, texts: dict[tuple[str, int], str]):
         from transformers import AutoTokenizer
@@ -34,8 +36,15 @@ class ScriptedBackend:
 
     def generate(self, requests, sampling):
         for request in requests:
-            text = self.texts[(request.problem_id, request.sample)]
-            yield request, {"completion": text, "num_tokens": len(text.split()), "finish_reason": "stop"}
+            texts = [self.texts[(request.problem_id, sample)] for sample in request.samples]
+            yield request, [{"completion": text, "num_tokens": len(text.split()), "finish_reason": "stop"}
+                            for text in texts]
+
+
+@pytest.fixture
+def scripted_backend():
+    """The ``ScriptedBackend`` class: ``scripted_backend(model_dir, {(problem id, sample): text})``."""
+    return ScriptedBackend
 
 
 def boxed(answer: str) -> str:
@@ -52,7 +61,8 @@ def write_reference_results(tiny_model_dir):
     """``write(out_dir, problems, correct)``: a graded result folder where problem i has ``correct[i]`` of ``n``
     samples right (its gold answer boxed) and the rest wrong (a changed number). Returns the metrics."""
     from ranktuner_verl.eval.cli import grade_benchmark
-    from ranktuner_verl.eval.generate import SamplingConfig, generate_completions
+    from ranktuner_verl.eval.backends import SamplingConfig
+    from ranktuner_verl.eval.generate import generate_completions
 
     def write(out_dir: Path, problems, correct: list[int], n: int) -> dict:
         texts = {(p.id, s): boxed(p.answer if s < c else perturbed(p.answer))

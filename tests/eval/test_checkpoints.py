@@ -45,6 +45,7 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(model_dir / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_a_lora_checkpoint_root_resolves_to_the_base_plus_its_adapter(lora_run, tmp_path):
     base, ckpt = lora_run
     resolved = resolve_model_dir(ckpt)
@@ -79,6 +80,7 @@ def test_a_lora_checkpoint_root_resolves_to_the_base_plus_its_adapter(lora_run, 
     assert (resolved / "model.safetensors").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_eval_run_on_a_lora_checkpoint_generates_with_the_merged_model(lora_run, eval_data_dir, tmp_path):
     from ranktuner_verl.eval.cli import main as eval_main
 

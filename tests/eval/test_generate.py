@@ -7,12 +7,11 @@ import shutil
 
 import pytest
 
-from ranktuner_verl.data.benchmarks import Problem, load_benchmark
+from ranktuner_verl.eval.benchmarks import Problem, load_benchmark
 from ranktuner_verl.data.prompts import COT_SYSTEM_PROMPT
 from ranktuner_verl.eval.cli import evaluate, grade_benchmark, main
-from ranktuner_verl.eval.generate import (
-    Request, SamplingConfig, chat_prompt_ids, generate_completions, make_backend, read_completions, sample_seed,
-)
+from ranktuner_verl.eval.backends import Request, SamplingConfig, make_backend, problem_seed
+from ranktuner_verl.eval.generate import chat_prompt_ids, generate_completions, read_completions
 from ranktuner_verl.eval.tables import collect_table, to_markdown
 
 SHORT = SamplingConfig(n=2, max_new_tokens=12)
@@ -38,6 +37,7 @@ class StopAfter:
     def __init__(self, backend, k: int):
         self.backend, self.k, self.requests = backend, k, []
         self.name, self.model_path, self.tokenizer = backend.name, backend.model_path, backend.tokenizer
+        self.stop_tokens, self.context_length = backend.stop_tokens, backend.context_length
 
     def generate(self, requests, sampling):
         self.requests += list(requests)
@@ -53,9 +53,9 @@ def test_prompt_is_the_chat_template_with_the_cot_system_prompt(backend):
                     "<|im_start|>assistant\n")
 
 
-def test_sample_seeds_depend_only_on_seed_problem_and_sample():
-    assert sample_seed(0, "p1", 3) == sample_seed(0, "p1", 3)
-    seeds = {sample_seed(s, p, i) for s in range(2) for p in ("p1", "p2") for i in range(8)}
+def test_request_seeds_depend_only_on_seed_problem_and_first_sample():
+    assert problem_seed(0, "p1", 3) == problem_seed(0, "p1", 3)
+    seeds = {problem_seed(s, p, i) for s in range(2) for p in ("p1", "p2") for i in range(8)}
     assert len(seeds) == 32 and all(0 <= s < 2**31 for s in seeds)
 
 
@@ -67,15 +67,16 @@ def test_hf_backend_samples_by_seed_and_ignores_the_models_generation_config(tin
     config.update(top_k=1, do_sample=False)  # greedy if it leaked into sampling
     config_path.write_text(json.dumps(config))
     backend = make_backend("hf", model_dir)
-    sampling = SamplingConfig(n=1, max_new_tokens=16)
-    fresh = generate_completions(backend, problems[:1], tmp_path / "a", SamplingConfig(n=4, max_new_tokens=16),
-                                 progress=False)
+    sampling = SamplingConfig(n=4, max_new_tokens=16)
+    fresh = generate_completions(backend, problems[:1], tmp_path / "a", sampling, progress=False)
     texts = [r["completion"] for r in fresh]
-    assert len(set(texts)) == 4, "samples with different seeds must differ (top_k=1 must not leak in)"
-    assert all(r["num_tokens"] == 16 and r["finish_reason"] == "length" for r in fresh)
+    assert len(set(texts)) == 4, "the samples of one request must differ (top_k=1 must not leak in)"
+    assert len({r["seed"] for r in fresh}) == 1, "one seed per problem"
+    assert all(1 <= r["num_tokens"] <= 16 for r in fresh)
+    assert all(r["finish_reason"] == ("length" if r["num_tokens"] == 16 else "stop") for r in fresh)
     ids = tuple(chat_prompt_ids(backend.tokenizer, problems[0].question))
-    again = [result for _, result in backend.generate([Request(problems[0].id, 2, ids, fresh[2]["seed"])], sampling)]
-    assert again[0]["completion"] == texts[2]
+    (_, again), = backend.generate([Request(problems[0].id, (0, 1, 2, 3), ids, fresh[0]["seed"], 16)], sampling)
+    assert [r["completion"] for r in again] == texts
 
 
 @pytest.mark.slow
@@ -84,10 +85,10 @@ def test_interrupted_run_resumes_to_the_same_completions_and_table(tiny_model_di
     straight = generate_completions(backend, problems, tmp_path / "straight" / "aime24", SHORT, progress=False)
 
     resumed_dir = tmp_path / "resumed" / "aime24"
-    stopper = StopAfter(backend, k=3)
+    stopper = StopAfter(backend, k=1)
     with pytest.raises(Interrupted):
         generate_completions(stopper, problems, resumed_dir, SHORT, progress=False)
-    assert len(read_completions(resumed_dir / "completions.jsonl")) == 3
+    assert len(read_completions(resumed_dir / "completions.jsonl")) == 2
     with open(resumed_dir / "completions.jsonl", "a") as sink:  # a writer killed in the middle of a line
         sink.write('{"id": "61", "sample": 1, "comp')
     with pytest.raises(ValueError, match="partial line"):
@@ -95,11 +96,11 @@ def test_interrupted_run_resumes_to_the_same_completions_and_table(tiny_model_di
 
     counter = StopAfter(backend, k=-1)
     resumed = generate_completions(counter, problems, resumed_dir, SHORT, progress=False)
-    assert [(r.problem_id, r.sample) for r in counter.requests] == [(problems[1].id, 1), (problems[2].id, 0),
-                                                                    (problems[2].id, 1)]
+    assert [(r.problem_id, r.samples) for r in counter.requests] == [(problems[1].id, (0, 1)),
+                                                                     (problems[2].id, (0, 1))]
     assert resumed == straight
     assert generate_completions(counter, problems, resumed_dir, SHORT, progress=False) == straight
-    assert len(counter.requests) == 3, "a finished folder generates nothing"
+    assert len(counter.requests) == 2, "a finished folder generates nothing"
 
     grade_benchmark(tmp_path / "straight" / "aime24")
     grade_benchmark(resumed_dir)
@@ -185,7 +186,7 @@ def test_bad_input_fails_before_anything_is_written(tiny_model_dir, eval_data_di
 def test_grading_an_unfinished_folder_is_refused(backend, problems, tmp_path):
     out = tmp_path / "r"
     with pytest.raises(Interrupted):
-        generate_completions(StopAfter(backend, k=1), problems[:1], out, SHORT, progress=False)
-    with pytest.raises(ValueError, match="1 of 2 completions are missing"):
+        generate_completions(StopAfter(backend, k=1), problems[:2], out, SHORT, progress=False)
+    with pytest.raises(ValueError, match="2 of 4 completions are missing"):
         grade_benchmark(out)
     assert not (out / "metrics.json").exists() and not (out / "grades.jsonl").exists()

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ranktuner_verl.data.benchmarks import BENCHMARKS, SOURCES, load_benchmark
+from ranktuner_verl.eval.benchmarks import DEFAULT_BENCHMARKS, REGISTRY, load_benchmark
 from ranktuner_verl.eval.grading import Grade, extract_answer, grade, grade_many
 
 
@@ -105,7 +105,7 @@ FLOOR = {"math500": 0.99, "aime24": 0.99, "amc23": 0.99, "minerva_math": 0.95, "
 def _references(name: str, eval_data_dir) -> tuple[list[str], list[str], str]:
     """Each problem's reference completion (its solution when that has a \\boxed{}, else the gold answer boxed)."""
     problems = load_benchmark(name, eval_data_dir)
-    rows = [json.loads(line) for line in open(eval_data_dir / f"{SOURCES[name].file_stem}.jsonl")]
+    rows = [json.loads(line) for line in open(eval_data_dir / f"{REGISTRY[name].file_stem}.jsonl")]
     completions, from_solution = [], 0
     for problem, row in zip(problems, rows):
         solution = row.get("solution")
@@ -118,7 +118,7 @@ def _references(name: str, eval_data_dir) -> tuple[list[str], list[str], str]:
     return completions, [p.answer for p in problems], what
 
 
-@pytest.mark.parametrize("name", BENCHMARKS)
+@pytest.mark.parametrize("name", DEFAULT_BENCHMARKS)
 def test_reference_solutions_grade_correct(name, eval_data_dir):
     completions, golds, what = _references(name, eval_data_dir)
     grades = grade_many(completions, golds, desc=name)
@@ -141,7 +141,7 @@ def _perturbed(answer: str) -> str | None:
 PERTURBED_SUBSET = {"minerva_math": 150, "olympiadbench": 150}
 
 
-@pytest.mark.parametrize("name", BENCHMARKS)
+@pytest.mark.parametrize("name", DEFAULT_BENCHMARKS)
 def test_perturbed_answers_grade_wrong(name, eval_data_dir):
     pairs = [(f"So the answer is $\\boxed{{{_perturbed(p.answer)}}}$.", p.answer)
              for p in load_benchmark(name, eval_data_dir) if _perturbed(p.answer) is not None]

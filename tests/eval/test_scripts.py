@@ -31,7 +31,7 @@ def run_eval_sh(*args, env: dict | None = None, timeout: int = 240) -> subproces
 @pytest.mark.slow
 def test_eval_sh_with_the_hf_backend_writes_completions_grades_metrics_and_a_table(tiny_model_dir, eval_data_dir,
                                                                                    tmp_path):
-    from ranktuner_verl.data.benchmarks import load_benchmark
+    from ranktuner_verl.eval.benchmarks import load_benchmark
 
     out = tmp_path / "results" / "tiny"
     env = {"BACKEND": "hf", "N": str(SAMPLES), "MAX_NEW_TOKENS": "8", "BENCHMARKS": BENCHMARK,

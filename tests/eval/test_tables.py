@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from ranktuner_verl.data.benchmarks import load_benchmark
+from ranktuner_verl.eval.benchmarks import load_benchmark
 from ranktuner_verl.eval.cli import main
 from ranktuner_verl.eval.tables import AVERAGE, build_table, collect_table, to_csv, to_latex, to_markdown, write_tables
 
@@ -113,3 +113,24 @@ def test_write_tables_writes_three_files(tmp_path, table):
     assert [p.name for p in paths] == ["paper.md", "paper.csv", "paper.tex"]
     assert paths[0].read_text() == to_markdown(table)
     assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_empty_cells_are_explained_under_the_markdown(table):
+    with_n = build_table({"n2": {"math500": {**metrics(0.5), "samples_per_problem": 2}}, "full": {
+        "math500": {**metrics(0.5, 0.75), "samples_per_problem": 16}, "aime24": metrics(0.1, 0.2)}})
+    text = to_markdown(with_n)
+    assert "`-`: n2, MATH500 Pass@16: n = 2 samples per problem < k = 16 (and Avg Pass@16); evaluate with --n 16" \
+        in text
+    assert "`-`: n2: no AIME24 results (Avg needs every benchmark)" in text
+    assert not [note for note in with_n.notes if note.startswith("full")]
+
+
+def test_run_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ["samples per problem (default: 16)", "(default: 4096)", "0: greedy (default: 1.0)",
+                  "vllm (GPUs) or hf (transformers) (default: vllm)", "math benchmarks' grader (default: math-verify)",
+                  "(default: math500,minerva_math,olympiadbench,aime24,amc23)"]:
+        assert shown in text, shown

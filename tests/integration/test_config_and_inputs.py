@@ -79,7 +79,7 @@ def test_an_empty_response_is_refused(tmp_path):
 
 
 def test_a_missing_data_file_is_refused(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ValueError, match="nope.parquet does not exist"):
         trainer.prepare(config(f"data.train_files={tmp_path / 'nope.parquet'}"))
 
 

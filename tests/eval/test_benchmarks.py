@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from ranktuner_verl.data.benchmarks import BENCHMARKS, SOURCES, Problem, load_benchmark
+from ranktuner_verl.eval.benchmarks import DEFAULT_BENCHMARKS, REGISTRY, Problem, load_benchmark
 
 SIZES = {"math500": 500, "minerva_math": 272, "olympiadbench": 675, "aime24": 30, "amc23": 40}
 
 
-@pytest.mark.parametrize("name", BENCHMARKS)
+@pytest.mark.parametrize("name", DEFAULT_BENCHMARKS)
 def test_real_files_load_whole_and_normalised(name, eval_data_dir):
     problems = load_benchmark(name, eval_data_dir)
     assert len(problems) == SIZES[name]
@@ -22,7 +22,7 @@ def test_real_files_load_whole_and_normalised(name, eval_data_dir):
 
 def test_gold_answers_come_from_each_schema(eval_data_dir):
     """One normaliser, five schemas: answer, a float answer, final_answer lists, the \\boxed{} of a solution."""
-    first = {name: load_benchmark(name, eval_data_dir, limit=1)[0] for name in BENCHMARKS}
+    first = {name: load_benchmark(name, eval_data_dir, limit=1)[0] for name in DEFAULT_BENCHMARKS}
     assert first["math500"].answer == "\\left( 3, \\frac{\\pi}{2} \\right)"  # the answer field
     assert first["math500"].id == "test/precalculus/807.json"
     assert first["minerva_math"].answer == "1.6"  # last \boxed{} of the solution
@@ -39,7 +39,7 @@ def test_aliases_file_paths_and_limit(eval_data_dir):
     assert load_benchmark("math_oai", eval_data_dir) == load_benchmark("MATH500", eval_data_dir)
     assert load_benchmark("aime24", eval_data_dir / "aime24.jsonl", limit=3) == load_benchmark("aime24",
                                                                                               eval_data_dir)[:3]
-    assert {SOURCES[name].file_stem for name in BENCHMARKS} == {"math_oai", "minerva_math", "olympiadbench",
+    assert {REGISTRY[name].file_stem for name in DEFAULT_BENCHMARKS} == {"math_oai", "minerva_math", "olympiadbench",
                                                                  "aime24", "amc23"}
 
 
@@ -70,3 +70,18 @@ def test_bad_input_gets_a_clear_message(case, error, message, tmp_path):
     with pytest.raises(error) as raised:
         load_benchmark(name, path)
     assert message in str(raised.value)
+
+
+def test_one_registry_and_data_never_imports_eval():
+    import ast
+    from pathlib import Path
+
+    from ranktuner_verl.eval.benchmarks import BENCHMARKS, DEFAULT_BENCHMARKS
+
+    assert BENCHMARKS == tuple(REGISTRY) and DEFAULT_BENCHMARKS == ("math500", "minerva_math", "olympiadbench",
+                                                                   "aime24", "amc23")
+    assert {b.kind for b in REGISTRY.values()} == {"math", "choice", "code"}
+    for source in (Path(__file__).parents[2] / "ranktuner_verl" / "data").glob("*.py"):
+        imported = [node.module or "" for node in ast.walk(ast.parse(source.read_text()))
+                    if isinstance(node, ast.ImportFrom)]
+        assert not [m for m in imported if m.startswith("ranktuner_verl.eval")], source

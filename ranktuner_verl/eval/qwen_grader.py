@@ -1,0 +1,147 @@
+"""The Qwen2.5-Math evaluation harness's answer comparison, re-implemented from its documented rules (``--grader qwen``).
+
+The paper's numbers (RankTuner, arXiv 2602.01745, tables 1-2) come from that harness, whose ``math_equal`` differs
+from math-verify: it is more lenient with percentages (50 = 0.5 = 5000 within rel 1e-4), units and ``\\text{}``,
+choice letters, a leading "x =", and stricter where sympy cannot prove an equality. This module writes its rules
+anew (no code of the harness is copied); docs/data_and_grading.md measures where the two graders disagree.
+
+``normalize(answer)`` (the harness's answer clean-up): drop line breaks, spacing commands, ``\\left``/``\\right``,
+``$``, degree signs, ``\\%``/``%``, ``\\text{}``/``\\mbox{}`` wrappers and trailing unit words; ``dfrac``/``tfrac`` ->
+``frac``; ``\\frac12`` -> ``\\frac{1}{2}``, ``\\sqrt2`` -> ``\\sqrt{2}``, ``a/b`` of integers -> ``\\frac{a}{b}``; a
+short left-hand side "x =" dropped; thousands separators and ``.0`` of integers dropped; "infinity" -> ``\\infty``;
+spaces removed.
+
+``qwen_equal(prediction, reference)`` on normalised answers, in order:
+
+1. equal strings (case-insensitive) -> equal;
+2. a reference choice letter A-E equals the prediction's letter ("(B)", "B.", "B: text");
+3. both numbers: equal iff the prediction is within rel 1e-4 of reference, reference/100 or reference*100
+   (``math.isclose``), decided here (no symbolic fall-back);
+4. equal after dropping brackets and braces (unless one is "(" where the other is "["); tuples/intervals of the
+   same length and the same brackets equal element by element;
+5. equations: ``a = b`` vs ``c = d`` equal iff a - b = ±(c - d); "x = v" vs a bare value compares v;
+6. symbolic: both parsed (LaTeX, via latex2sympy2_extended, math-verify's parser) and equal when sympy finds
+   ``a == b``, ``simplify(a - b) == 0``, or equal numeric values (rel 1e-4).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+_UNITS = ("degrees", "degree", "cm", "centimeters", "meters", "metres", "m", "km", "kilometers", "inches", "inch",
+          "feet", "foot", "ft", "units", "unit", "square", "sq", "dollars", "dollar", "cents", "cent", "hours",
+          "hour", "minutes", "minute", "seconds", "second", "mph", "miles", "mile", "days", "day", "years", "year",
+          "people", "students", "ways", "points", "pounds", "kg", "grams", "g", "liters", "ml", "percent")
+_UNIT_TAIL = re.compile(r"(?:\\,|\\ |\s)*(?:\\(?:text|mbox|mathrm)\{\s*)?(?:" + "|".join(_UNITS)
+                        + r")(?:\^?\{?[23]\}?)?\s*\}?$")
+_SPACING = re.compile(r"\\[!,;:> ]|\\quad|\\qquad")
+_WRAPPER = re.compile(r"\\(?:text|mbox|textbf|mathrm|mathbf|boldsymbol)\{([^{}]*)\}")
+_NUMBER = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?%?$", re.IGNORECASE)
+_CHOICE = re.compile(r"^\(?([A-E])\)?(?:[.:)\s].*)?$", re.DOTALL)
+
+
+def normalize(answer: str) -> str:
+    """The harness-style clean-up of one answer (see the module doc)."""
+    s = str(answer).strip().replace("\n", "").rstrip(".")
+    s = _SPACING.sub("", s).replace("\\\\", "\\")
+    s = s.replace("tfrac", "frac").replace("dfrac", "frac").replace("\\left", "").replace("\\right", "")
+    s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("°", "").replace("\\$", "").replace("$", "")
+    s = s.replace("\\%", "").replace("%", "")
+    for _ in range(2):
+        s = _UNIT_TAIL.sub("", s).strip()
+    s = _WRAPPER.sub(r"\1", s)
+    s = re.sub(r"\binfinity\b|\binf\b", r"\\infty", s)
+    s = s.replace(" and ", ",").replace(" ", "")
+    if s.count("=") == 1 and len(s.split("=")[0]) <= 2:  # "x=5", "k=3" -> the value
+        s = s.split("=")[1]
+    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\sqrt(\d+)", r"\\sqrt{\1}", s)
+    s = re.sub(r"^(-?\d+)/(\d+)$", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"(\d),(\d{3})(?=\D|$)", r"\1\2", s)
+    s = re.sub(r"(\d+)\.0+(?=\D|$)", r"\1", s)
+    s = re.sub(r"(^|[^\d])\.(\d)", r"\g<1>0.\2", s)
+    return s
+
+
+def _number(text: str) -> float | None:
+    text = text.replace(",", "")
+    if not _NUMBER.match(text):
+        return None
+    return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+
+
+def _parse(text: str):
+    from latex2sympy2_extended import latex2sympy
+
+    return latex2sympy(text)
+
+
+def _symbolic_equal(a: str, b: str) -> bool:
+    import sympy
+
+    try:
+        x, y = _parse(a), _parse(b)
+    except Exception:  # noqa: BLE001 - unparseable: not provably equal
+        return False
+    try:
+        if x == y or str(x) == str(y) or sympy.simplify(x - y) == 0:
+            return True
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        return math.isclose(float(sympy.N(x)), float(sympy.N(y)), rel_tol=1e-4)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return parts + [current]
+
+
+def qwen_equal(prediction: str | None, reference: str | None) -> bool:
+    """Whether ``prediction`` equals ``reference`` under the harness's rules (see the module doc)."""
+    if prediction is None or reference is None:
+        return False
+    pred, ref = normalize(prediction), normalize(reference)
+    if pred.lower() == ref.lower():
+        return True
+    if ref in ("A", "B", "C", "D", "E"):
+        choice = _CHOICE.match(str(prediction).strip().strip("$")) or _CHOICE.match(pred)
+        return bool(choice) and choice.group(1) == ref
+    pred_number, ref_number = _number(pred), _number(ref)
+    if pred_number is not None and ref_number is not None:
+        return any(math.isclose(pred_number, r, rel_tol=1e-4) for r in (ref_number / 100, ref_number,
+                                                                          ref_number * 100))
+    if not pred:
+        return False
+    if {pred[:1], ref[:1]} != {"(", "["} and {pred[-1:], ref[-1:]} != {")", "]"} and \
+            re.sub(r"[\[\](){}]", "", pred).lower() == re.sub(r"[\[\](){}]", "", ref).lower():
+        return True  # brackets do not matter, unless they make an interval open on one side, closed on the other
+    bracketed = re.compile(r"^[(\[].+[)\]]$")
+    if bracketed.match(pred) and bracketed.match(ref):
+        pred_items, ref_items = _split_top_level(pred[1:-1]), _split_top_level(ref[1:-1])
+        if len(pred_items) == len(ref_items) > 1 and pred[0] == ref[0] and pred[-1] == ref[-1]:
+            return all(qwen_equal(p, r) for p, r in zip(pred_items, ref_items))
+    if pred.count("=") == 1 and ref.count("=") == 1:
+        left, right = pred.split("=")
+        ref_left, ref_right = ref.split("=")
+        difference = f"({left})-({right})"
+        reference_difference = f"({ref_left})-({ref_right})"
+        return (_symbolic_equal(difference, reference_difference)
+                or _symbolic_equal(f"-({difference})", reference_difference))
+    if pred.count("=") == 1 and "=" not in ref and len(pred.split("=")[0]) <= 2:
+        return qwen_equal(pred.split("=")[1], ref)
+    if ref.count("=") == 1 and "=" not in pred and len(ref.split("=")[0]) <= 2:
+        return qwen_equal(pred, ref.split("=")[1])
+    return _symbolic_equal(pred, ref)
