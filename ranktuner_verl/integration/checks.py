@@ -14,7 +14,8 @@ and last (the ranks then skip the slow checks: ``CHECKED_ENV``). The checks (``r
   alone than in the conversation (Qwen3 adds ``<think></think>`` to the last assistant turn only) stops here;
 - ``data.max_length``: with ``truncation=error`` no conversation may be longer; with right truncation the examples
   whose prompt fills ``max_length`` keep no response token: they are counted, and all of them stops the run;
-- ``model.use_fused_kernels`` with a loss that needs the logits (``WeightedSFTLoss.runs_fused``);
+- ``model.use_fused_kernels`` with a loss that needs statistics, under a fused backend they cannot share
+  (``WeightedSFTLoss.runs_fused``, ``fused_stats.unsupported_backend``: the "triton" backend);
 - resuming under another loss configuration, or from an incomplete checkpoint (``checkpoint_guard.check_resume``).
 """
 
@@ -69,13 +70,14 @@ def run_checks(config: DictConfig, loss) -> None:
     from ranktuner_verl.integration.checkpoint_guard import check_resume
 
     if config.model.get("use_fused_kernels", False) and not loss.runs_fused:
-        from ranktuner_verl.methods import METHODS
+        from ranktuner_verl.integration.fused_stats import unsupported_backend
 
-        fused = ", ".join(name for name in METHODS if type(loss)(name).runs_fused)
-        raise StartupError(
-            f"model.use_fused_kernels=True with loss={loss.method.name}: verl's fused kernels return log-probs "
-            f"without the logits, and this loss needs {sorted(loss.engine_stat_names)} computed from them. Set "
-            f"model.use_fused_kernels=False (the losses that run fused: {fused}).")
+        problem = unsupported_backend(True, config.model.get("fused_kernel_options"))
+        if problem:
+            raise StartupError(
+                f"model.use_fused_kernels=True with loss={loss.method.name}: this loss needs "
+                f"{sorted(loss.engine_stat_names)}, computed from the hidden states inside verl's fused LM head, but "
+                f"{problem}.")
     rows = read_data(config)
     check_batch_sizes(config, {split: len(messages) for split, (_, messages) in rows.items()})
     check_model_path(config)

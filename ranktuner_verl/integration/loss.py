@@ -33,7 +33,8 @@ class WeightedSFTLoss:
 
         self.method = get_method(name, **params)
         self.engine_stat_names = frozenset(self.method.needs) - {"log_prob"}
-        # verl's fused kernels return log-probs without logits: only methods that need nothing else run under them
+        # under every fused-kernel backend; the others run under those whose LM head call the statistics share
+        # (integration/fused_stats.py: impl_backend torch or liger)
         self.runs_fused = not self.engine_stat_names
         self.stat_kwargs = dict(getattr(self.method, "stat_kwargs", {}) or {})
         if chunk_rows is not None:  # rows of logits per statistics chunk (default: ranktuner_verl.stats)

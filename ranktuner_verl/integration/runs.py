@@ -87,6 +87,7 @@ def build_trainer(overrides: list[str]):
     with initialize_config_dir(config_dir=str(Path(trainer.__file__).parent / trainer.CONFIG_DIR), version_base=None):
         config = compose(config_name=trainer.CONFIG_NAME, overrides=overrides)
     trainer.prepare(config)
+    trainer.apply_cpu_defaults(config)
     auto_set_device(config)
     initialize_global_process_group()
     return trainer.RankTunerSFTTrainer(config=config)

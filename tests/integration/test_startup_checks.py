@@ -145,11 +145,17 @@ def test_train_sh_checks_once_before_the_ranks_and_prints_the_problem_last(tiny,
 # --- issue 8 §5: fused kernels, Qwen3-style templates -----------------------------------------------------------------
 
 @pytest.mark.parametrize("loss, refused", [("ranktuner", True), ("eaft", True), ("deft", True), ("dft", False)])
-def test_fused_kernels_with_a_loss_that_needs_the_logits_stop_before_the_model_loads(tiny, loss, refused):
-    cfg = config(*base(tiny, f"loss={loss}", "model.use_fused_kernels=True"))
+def test_fused_kernels_run_every_loss_but_a_backend_the_statistics_cannot_share_stops_first(tiny, loss, refused):
+    """Fused kernels (torch backend, verl's default; liger) run every loss (integration/fused_stats.py); the triton
+    backend computes the log-probs in a kernel the statistics cannot share: refused before the model loads."""
+    trainer.prepare(config(*base(tiny, f"loss={loss}", "model.use_fused_kernels=True")))
+    trainer.prepare(config(*base(tiny, f"loss={loss}", "model.use_fused_kernels=True",
+                                 "model.fused_kernel_options.impl_backend=liger")))
+    cfg = config(*base(tiny, f"loss={loss}", "model.use_fused_kernels=True",
+                       "model.fused_kernel_options.impl_backend=triton"))
     if refused:
-        with pytest.raises(StartupError, match=rf"model.use_fused_kernels=True with loss={loss}.*Set "
-                                               "model.use_fused_kernels=False"):
+        with pytest.raises(StartupError, match=rf"model.use_fused_kernels=True with loss={loss}.*impl_backend='triton'"
+                                               r".*use impl_backend=torch or liger"):
             trainer.prepare(cfg)
     else:
         trainer.prepare(cfg)
