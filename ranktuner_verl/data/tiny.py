@@ -58,14 +58,16 @@ def math_cot_examples(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def build_tokenizer(out_dir: str | Path, vocab_size: int = 400):
-    """Train a byte-level BPE tokenizer on the tiny math corpus and save it (HF format) to ``out_dir``."""
+def build_tokenizer(out_dir: str | Path, vocab_size: int = 400, corpus: list[str] | None = None):
+    """Train a byte-level BPE tokenizer with a ChatML template on ``corpus`` (default: the tiny math corpus) and save
+    it (HF format) to ``out_dir``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    corpus = [COT_SYSTEM_PROMPT]
-    for row in math_cot_examples(400, seed=1234):
-        corpus += [row["problem"], row["solution"]]
+    if corpus is None:
+        corpus = [COT_SYSTEM_PROMPT]
+        for row in math_cot_examples(400, seed=1234):
+            corpus += [row["problem"], row["solution"]]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -90,17 +92,11 @@ def build_tokenizer(out_dir: str | Path, vocab_size: int = 400):
     return hf
 
 
-def build_model(out_dir: str | Path, vocab_size: int | None = None, hidden_size: int = 64, num_layers: int = 2,
-                seed: int = 0, tokenizer_dir: str | Path | None = None):
-    """A random Qwen2 causal LM saved to ``out_dir`` (with the tokenizer, so the folder is a complete HF model dir).
-
-    ``vocab_size`` defaults to the tokenizer's size; pass a larger one (e.g. 151936) to make the loss head dominate.
-    """
+def qwen2_model(tokenizer, vocab_size: int | None = None, hidden_size: int = 64, num_layers: int = 2, seed: int = 0):
+    """A random Qwen2 causal LM (tied embeddings, 4 heads) for ``tokenizer``, initialised from ``seed``."""
     import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    out_dir = Path(out_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else build_tokenizer(out_dir)
     config = Qwen2Config(
         vocab_size=vocab_size or len(tokenizer),
         hidden_size=hidden_size,
@@ -118,6 +114,20 @@ def build_model(out_dir: str | Path, vocab_size: int | None = None, hidden_size:
     model = Qwen2ForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def build_model(out_dir: str | Path, vocab_size: int | None = None, hidden_size: int = 64, num_layers: int = 2,
+                seed: int = 0, tokenizer_dir: str | Path | None = None):
+    """A random Qwen2 causal LM saved to ``out_dir`` (with the tokenizer, so the folder is a complete HF model dir).
+
+    ``vocab_size`` defaults to the tokenizer's size; pass a larger one (e.g. 151936) to make the loss head dominate.
+    """
+    from transformers import AutoTokenizer
+
+    out_dir = Path(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else build_tokenizer(out_dir)
+    model = qwen2_model(tokenizer, vocab_size, hidden_size, num_layers, seed)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return model, tokenizer

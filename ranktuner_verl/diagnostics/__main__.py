@@ -1,10 +1,11 @@
 """``python -m ranktuner_verl.diagnostics noise|heatmap|plots|report ...``: see ``--help`` of each command.
 
-noise    inject noise into the responses, run the model once, and write the top-share table (Markdown, CSV),
-         the per-token records (tokens.jsonl), a heat map and the plots.
+noise    inject noise into the responses, run the model once, and write the top-share tables under each ranking
+         (--rank-by; Markdown, CSV), the per-token records (tokens.jsonl), a heat map and the plots.
 heatmap  token heat maps (HTML and PNG) of a few examples, from a model and data or from a tokens.jsonl.
 plots    R_t-p_t and E[R_t]-H_t scatter plots, weight histograms, and their data as CSV.
-report   the weight histograms and noise-region share of a trained model (end of a run or any checkpoint).
+report   the weight histograms and S~1 share of a trained model (end of a run or any checkpoint); with --kind,
+         the noise tables too.
 """
 
 from __future__ import annotations
@@ -13,15 +14,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from ..methods import METHODS
-from .examples import load_examples, tokenize_examples
-from .forward import build_methods, load_model, load_tokenizer, token_table, weight_columns
-from .heatmap import CHARS_PER_PANEL, STAT_LABELS, panel_columns, pick_examples, write_heatmap_html, write_heatmap_png
-from .noise import NOISE_KINDS, inject_noise, noise_table, table_markdown
+from .forward import build_methods, split_methods
+from .heatmap import CHARS_PER_PANEL, panel_columns, pick_examples, write_heatmap_html, write_heatmap_png
+from .noise import NOISE_KINDS
 from .plots import write_plots
-from .report import run_report
+from .rankings import RANKINGS, ranking_markdown, ranking_table
+from .report import write_report
+from .table import STATISTICS, read_tokens, table_from_model, weight_column, write_tokens
 
 
 def _share(text: str) -> float:
@@ -31,14 +31,23 @@ def _share(text: str) -> float:
     return value
 
 
+def _rankings(text: str) -> list[str]:
+    chosen = [r.strip() for r in text.split(",") if r.strip()]
+    unknown = [r for r in chosen if r not in RANKINGS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown ranking(s) {unknown}; choose from {', '.join(RANKINGS)}")
+    return chosen
+
+
 def _common(parser: argparse.ArgumentParser, tokens_input: bool = True):
-    parser.add_argument("--model", help="HF model dir (or a verl checkpoint's global_step_N folder)")
+    parser.add_argument("--model", help="HF model dir, a verl checkpoint's global_step_N, or a checkpoint root")
     parser.add_argument("--data", help="SFT examples: .parquet or .jsonl ('messages', or 'prompt'+'response')")
     if tokens_input:
         parser.add_argument("--tokens", help="instead of --model/--data: a tokens.jsonl written by an earlier run")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS),
-                        help="methods as name or name:key=value,key=value (default: all six)")
+    parser.add_argument("--methods", type=split_methods, default=list(METHODS),
+                        help="comma-separated methods, each a name or name:key=value,key=value "
+                             f"(default: {','.join(METHODS)})")
     parser.add_argument("--max-examples", type=int, default=None, help="use the first N examples")
     parser.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per forward batch")
     parser.add_argument("--logit-chunk", type=int, default=1024, help="tokens per LM-head chunk (memory bound)")
@@ -47,9 +56,23 @@ def _common(parser: argparse.ArgumentParser, tokens_input: bool = True):
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _noise(parser: argparse.ArgumentParser, kind: str | None):
+    parser.add_argument("--kind", choices=NOISE_KINDS, default=kind,
+                        help="noise: random tokens, filler words, swapped neighbours" + ("" if kind else
+                                                                                         " (default: no noise)"))
+    parser.add_argument("--rate", type=float, default=0.05, help="noise events per response token")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-short", action="store_true", help="drop responses too short for one noise event")
+    parser.add_argument("--rank-by", type=_rankings, default=["signal"],
+                        help=f"comma-separated rankings, from {','.join(RANKINGS)} (default: signal, the paper's)")
+    parser.add_argument("--top-share", type=_share, default=0.1, help="share of top-ranked tokens (default 0.1)")
+    parser.add_argument("--scope", choices=("global", "sequence"), default="global",
+                        help="rank the top tokens over the whole set or within each response")
+
+
 def _figures(parser: argparse.ArgumentParser):
     parser.add_argument("--color-by", nargs="+", default=["weight"],
-                        help=f"heat map panels: weight (every method), w:<method>, {', '.join(STAT_LABELS)}")
+                        help=f"heat map panels: weight (every method), w:<method>, {', '.join(STATISTICS)}")
     parser.add_argument("--examples", type=int, nargs="+", default=None, help="example ids to draw in the heat map")
     parser.add_argument("--count", type=int, default=4, help="how many examples the heat map shows")
     parser.add_argument("--width-px", type=int, default=None,
@@ -62,23 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     noise = commands.add_parser("noise", help="the noise-injection diagnosis (RankTuner Tab. 1)")
     _common(noise)
-    noise.add_argument("--kind", choices=NOISE_KINDS, default="random", help="noise: random tokens, filler words, "
-                       "swapped neighbours")
-    noise.add_argument("--rate", type=float, default=0.05, help="noise events per response token")
-    noise.add_argument("--seed", type=int, default=0)
-    noise.add_argument("--skip-short", action="store_true", help="drop responses too short for one noise event")
-    noise.add_argument("--top-share", type=_share, default=0.1, help="share of highest-weight tokens (default 0.1)")
-    noise.add_argument("--scope", choices=("global", "sequence"), default="global",
-                       help="rank the top tokens over the whole set or within each response")
-    noise.add_argument("--no-figures", action="store_true", help="only the table and tokens.jsonl")
+    _noise(noise, "random")
+    noise.add_argument("--no-figures", action="store_true", help="only the tables and tokens.jsonl")
     _figures(noise)
     heatmap = commands.add_parser("heatmap", help="token heat maps, HTML and PNG")
     _common(heatmap)
     _figures(heatmap)
     plots = commands.add_parser("plots", help="rank/probability scatter plots and weight histograms")
     _common(plots)
-    report = commands.add_parser("report", help="weights and noise-region share of a trained model")
+    report = commands.add_parser("report", help="weights and S~1 share of a trained model (+ noise tables)")
     _common(report, tokens_input=False)
+    _noise(report, None)
     report.set_defaults(max_examples=256)
     return parser
 
@@ -95,22 +112,33 @@ def _check_inputs(args) -> dict:
         raise ValueError("Give --model and --data (or --tokens with the tokens.jsonl of an earlier run).")
     methods = build_methods(args.methods)
     if hasattr(args, "color_by"):
-        panel_columns(list(STAT_LABELS) + [f"w:{label}" for label in methods], args.color_by)
+        panel_columns(list(STATISTICS) + [weight_column(label) for label in methods], args.color_by)
     return methods
 
 
-def _token_table(args, methods: dict, inject: bool = False) -> pd.DataFrame:
-    if args.tokens:
-        return pd.read_json(args.tokens, lines=True, dtype={"token": str})
-    tokenizer = load_tokenizer(args.model)
-    examples = tokenize_examples(tokenizer, load_examples(args.data, args.max_examples))
-    if inject:
-        examples = inject_noise(examples, tokenizer, args.kind, args.rate, args.seed, args.skip_short)
-    model = load_model(args.model, args.device, args.dtype)
-    return token_table(model, tokenizer, examples, methods, args.batch_tokens, args.logit_chunk, not args.quiet)
+def _table(args, methods: dict):
+    if getattr(args, "tokens", None):
+        return read_tokens(args.tokens)
+    noise = getattr(args, "kind", None)
+    noise = None if noise is None else {"kind": noise, "rate": args.rate, "seed": args.seed,
+                                        "skip_short": args.skip_short}
+    return table_from_model(args.model, args.data, methods, max_examples=args.max_examples, noise=noise,
+                            batch_tokens=args.batch_tokens, logit_chunk=args.logit_chunk, device=args.device,
+                            dtype=args.dtype, progress=not args.quiet)
 
 
-def _write_heatmap(table: pd.DataFrame, args, out: Path):
+def _noise_tables(table, args, out: Path) -> str:
+    source = (f"tokens of {args.tokens}" if getattr(args, "tokens", None) else
+              f"model {args.model}, data {args.data}, noise {args.kind} at rate {args.rate}, seed {args.seed}")
+    result = ranking_table(table, args.rank_by, args.top_share, args.scope, args.seed)
+    markdown = ranking_markdown(result, table, args.top_share, args.scope, source)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "noise_table.md").write_text(markdown)
+    result.to_csv(out / "noise_table.csv", index=False)
+    return markdown
+
+
+def _write_heatmap(table, args, out: Path):
     write_heatmap_html(table, out / "heatmap.html", args.color_by, args.examples, args.count)
     write_heatmap_png(table, out / "heatmap.png", args.color_by, args.examples, args.count, args.width_px)
 
@@ -118,25 +146,20 @@ def _write_heatmap(table: pd.DataFrame, args, out: Path):
 def run(args) -> list[Path]:
     methods = _check_inputs(args)
     out = Path(args.out)
-    if args.command == "report":
-        return [run_report(args.model, args.data, out, args.methods, args.max_examples, args.batch_tokens,
-                           args.device, args.dtype, not args.quiet)]
-    table = _token_table(args, methods, inject=args.command == "noise" and not args.tokens)
+    table = _table(args, methods)
     if hasattr(args, "color_by"):  # check the heat map's choices against the table before writing anything
         panel_columns(list(table.columns), args.color_by)
         pick_examples(table, args.examples, args.count)
+    if args.command == "report":
+        source = {"model": str(args.model), "data": str(args.data)}
+        if args.kind:
+            source["noise"] = f"{args.kind} at rate {args.rate}, seed {args.seed} (the numbers below include it)"
+        noise = _noise_tables(table, args, out) if args.kind else None
+        return [write_report(table, out, source, noise)]
     if args.command == "noise":
-        result = noise_table(table, weight_columns(table), args.top_share, args.scope, args.seed)
-        caption = (f"Noise-injection diagnosis: {int(table['is_noise'].sum())} noise tokens of {len(table)} "
-                   f"({table['is_noise'].mean():.2%}), {table['example'].nunique()} responses"
-                   + ("" if args.tokens else f", kind {args.kind}, rate {args.rate}, seed {args.seed}") + ".")
-        markdown = table_markdown(result, args.top_share, args.scope, caption)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "noise_table.md").write_text(markdown)
-        result.to_csv(out / "noise_table.csv", index=False)
+        print(_noise_tables(table, args, out))
         if not args.tokens:
-            table.to_json(out / "tokens.jsonl", orient="records", lines=True, force_ascii=False)
-        print(markdown)
+            write_tokens(table, out / "tokens.jsonl")
         if not args.no_figures:
             _write_heatmap(table, args, out)
             write_plots(table, out)

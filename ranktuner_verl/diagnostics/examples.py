@@ -9,11 +9,12 @@ Accepted rows, in this order of preference:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from ..data.jsonl import read_jsonl
 
 ROW_SCHEMAS = "'messages' (chat turns ending with an assistant turn), 'prompt' + 'response', or 'problem' + 'solution'"
 
@@ -65,8 +66,7 @@ def load_examples(path: str | Path, max_examples: int | None = None) -> list[Exa
     if path.suffix == ".parquet":
         rows = pd.read_parquet(path).to_dict(orient="records")
     elif path.suffix in (".jsonl", ".json"):
-        with path.open() as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = read_jsonl(path, max_examples)
     else:
         raise ValueError(f"Data file {path} has suffix {path.suffix!r}; use .parquet or .jsonl.")
     rows = rows[:max_examples] if max_examples is not None else rows

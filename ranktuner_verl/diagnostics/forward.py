@@ -17,17 +17,35 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..methods import get_method, relative_scale
-from ..stats import nats_to_bits, token_stats
+from ..methods import METHODS, get_method
+from ..stats import token_stats
 from .examples import TokenizedExample
 
-# Statistics every table holds, whatever the methods need: they feed the plots and S_t.
-TABLE_STATS = frozenset({"log_prob", "entropy", "rank", "expected_rank"})
+
+def split_methods(text: str) -> list[str]:
+    """``"sft,dft,ranktuner:base=one,form=exact"`` -> ``["sft", "dft", "ranktuner:base=one,form=exact"]``.
+
+    Commas separate the list, as in every list option; an item ``key=value`` (no method name has ``=``) is one more
+    parameter of the method before it.
+    """
+    specs: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if "=" in item and ":" not in item:
+            if not specs:
+                raise ValueError(f"Methods {text!r}: parameter {item!r} comes before any method name.")
+            specs[-1] += ("," if ":" in specs[-1] and not specs[-1].endswith(":") else "") + item
+        else:
+            specs.append(item)
+    return specs
 
 
 def parse_method(spec: str):
     """``"name"`` or ``"name:key=value,key=value"`` -> a method object (ValueError on an unknown name/param)."""
     name, _, param_text = spec.partition(":")
+    if name.strip() not in METHODS:
+        raise ValueError(f"unknown method {name.strip()!r}; valid: {', '.join(METHODS)}")
     params = {}
     for item in filter(None, param_text.split(",")):
         key, sep, value = item.partition("=")
@@ -46,11 +64,12 @@ def build_methods(specs: list[str]) -> dict:
     if not specs:
         raise ValueError("No methods given; name at least one of the registered methods.")
     methods = {spec: parse_method(spec) for spec in specs}
-    _stat_kwargs(methods)  # settings that one forward pass cannot serve fail here, before any work
+    stat_settings(methods)  # settings that one forward pass cannot serve fail here, before any work
     return methods
 
 
-def _stat_kwargs(methods: dict) -> dict:
+def stat_settings(methods: dict) -> dict:
+    """The statistics settings (EAFT's top_k) of all methods, which one forward pass must share."""
     merged: dict = {}
     for label, method in methods.items():
         for key, value in method.stat_kwargs.items():
@@ -60,36 +79,25 @@ def _stat_kwargs(methods: dict) -> dict:
     return merged
 
 
-def resolve_model_dir(path: str | Path) -> Path:
-    """An HF model dir: ``path`` itself, or the ``huggingface/`` folder of a verl checkpoint (``global_step_N``)."""
-    path = Path(path)
-    for candidate in (path, path / "huggingface"):
-        if (candidate / "config.json").is_file():
-            if not any(candidate.glob("*.safetensors")) and not any(candidate.glob("pytorch_model*.bin")):
-                raise FileNotFoundError(
-                    f"{candidate} has a config but no model weights: verl writes only the config and tokenizer there "
-                    "unless trainer checkpoint.save_contents includes 'hf_model'. Add it, or merge the shards with "
-                    f"`python -m verl.model_merger merge --backend fsdp --local_dir {path} --target_dir <dir>`.")
-            return candidate
-    raise FileNotFoundError(f"{path} is not a Hugging Face model dir (no config.json, nor huggingface/config.json); "
-                            "pass a folder written by save_pretrained or a verl checkpoint's global_step_N folder.")
-
-
 def load_tokenizer(model_dir: str | Path):
+    """The tokenizer of an HF model dir (``resolve_model_dir`` makes one of every other model form)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model_dir(model_dir))
+    return AutoTokenizer.from_pretrained(model_dir)
 
 
 def load_model(model_dir: str | Path, device: str = "auto", dtype: str = "auto"):
     """A causal LM from an HF model dir, in eval mode; ``auto``: CUDA in bf16 if present, else CPU in fp32."""
+    if not any(Path(model_dir).glob("*.safetensors")) and not any(Path(model_dir).glob("pytorch_model*.bin")):
+        raise FileNotFoundError(f"{model_dir} has a config but no model weights; pass a folder written by "
+                                "save_pretrained, a verl checkpoint global_step_N or a checkpoint root.")
     from transformers import AutoModelForCausalLM
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_dir(model_dir), dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     return model.to(device).eval()
 
 
@@ -147,39 +155,3 @@ def response_stats(model, examples: list[TokenizedExample], needs, stat_kwargs: 
             per_example[i] = dict(zip(stats, parts))
     names = list(per_example[0])
     return {name: torch.cat([per_example[i][name] for i in range(len(examples))]) for name in names}
-
-
-def token_table(model, tokenizer, examples: list[TokenizedExample], methods: dict, batch_tokens: int = 8192,
-                logit_chunk: int = 1024, progress: bool = True) -> pd.DataFrame:
-    """One row per response token: where it is, what it is, its statistics, S_t and every method's weight.
-
-    Columns: example, position, token_id, token, is_noise, p, log_prob, entropy_bits (H_t in bits), rank (R_t),
-    expected_rank (E[R_t]), S (RankTuner's relative scale, practical form), and ``w:<label>`` per method.
-    """
-    if not examples:
-        raise ValueError("No examples to run the model over; pass a data file with at least one example.")
-    needs = TABLE_STATS.union(*(m.needs for m in methods.values()))
-    stats = response_stats(model, examples, needs, _stat_kwargs(methods), batch_tokens, logit_chunk, progress)
-    token_ids = [t for e in examples for t in e.response_ids]
-    text = {t: tokenizer.decode([t]) for t in set(token_ids)}
-    table = pd.DataFrame({
-        "example": [e.index for e in examples for _ in e.response_ids],
-        "position": [j for e in examples for j in range(len(e.response_ids))],
-        "token_id": token_ids,
-        "token": [text[t] for t in token_ids],
-        "is_noise": [flag for e in examples for flag in e.is_noise],
-        "p": stats["log_prob"].exp().numpy(),
-        "log_prob": stats["log_prob"].numpy(),
-        "entropy_bits": nats_to_bits(stats["entropy"]).numpy(),
-        "rank": stats["rank"].numpy(),
-        "expected_rank": stats["expected_rank"].numpy(),
-        "S": relative_scale(stats, form="practical").float().numpy(),
-    })
-    for label, method in methods.items():
-        table[f"w:{label}"] = method.weights(stats).float().numpy()
-    return table
-
-
-def weight_columns(table: pd.DataFrame) -> list[str]:
-    """The method labels of a token table, in column order."""
-    return [c[2:] for c in table.columns if c.startswith("w:")]

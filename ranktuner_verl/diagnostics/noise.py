@@ -1,7 +1,7 @@
-"""The noise-injection diagnosis (RankTuner, Yu et al., arXiv 2602.01745, Tab. 1).
+"""The noise-injection diagnosis (RankTuner, Yu et al., arXiv 2602.01745, Tab. 1): injection and metrics.
 
-Noise tokens are put into the SFT responses; a weighting method that is robust to noise should not give them its
-largest weights. Among the ``top_share`` highest-weight tokens (10% in the paper) we measure:
+Noise tokens are put into the SFT responses; a signal of importance that is robust to noise should not rank them
+first. Among the ``top_share`` highest-scored tokens (10% in the paper; the scores: ``rankings``) we measure:
 - token precision = |top ∩ noise| / |top|        (share of the top tokens that are noise)
 - token recall    = |top ∩ noise| / |noise|      (share of the noise tokens that reach the top)
 - sequence hit rate = share of sequences with at least one noise token in the top.
@@ -13,7 +13,6 @@ import random
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 
 from .examples import TokenizedExample, encode_text
 
@@ -150,25 +149,3 @@ def top_share_metrics(weights, is_noise, sequence, top_share: float = 0.1, scope
         "token_recall": hits.sum() / is_noise.sum(),
         "sequence_hit_rate": len(hit_sequences) / len(np.unique(sequence)),
     }
-
-
-def noise_table(tokens: pd.DataFrame, methods: list[str], top_share: float = 0.1, scope: str = "global",
-                seed: int = 0) -> pd.DataFrame:
-    """One row per method (weights in column ``w:<method>`` of the per-token table), metrics in percent."""
-    rows = []
-    for method in methods:
-        metrics = top_share_metrics(tokens[f"w:{method}"], tokens["is_noise"], tokens["example"], top_share, scope,
-                                    seed)
-        rows.append({"method": method, **{k: 100 * v for k, v in metrics.items()}})
-    return pd.DataFrame(rows)
-
-
-def table_markdown(table: pd.DataFrame, top_share: float, scope: str, caption: str) -> str:
-    """The table as Markdown, percentages with two decimals, like the paper's Tab. 1."""
-    pct = f"{100 * top_share:g}%"
-    header = (f"| method | token precision (top {pct}) | token recall (top {pct}) | sequence hit rate |\n"
-              "|---|---:|---:|---:|\n")
-    body = "".join(f"| {r.method} | {r.token_precision:.2f}% | {r.token_recall:.2f}% | {r.sequence_hit_rate:.2f}% |\n"
-                   for r in table.itertuples())
-    where = "over all response tokens" if scope == "global" else "within each response"
-    return f"{caption}\n\nTop tokens: the {pct} highest weights {where}.\n\n{header}{body}"

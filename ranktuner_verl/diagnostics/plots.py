@@ -3,9 +3,12 @@
 - R_t against p_t, log-log, with the envelope R = 1/p: every token ranked at or above the target has probability
   >= p_t, so R_t <= 1/p_t (RankTuner, Yu et al., arXiv 2602.01745).
 - E[R_t] against H_t (bits), with the guessing-entropy bound E[R] >= 2^(H-2) + 1 (Massey 1994), a bound for
-  H >= 2 bits, drawn dotted below 2 bits where RankTuner applies the formula all the same.
-- Histograms of each method's weights (clean and noise tokens apart when noise was injected).
-PNGs via matplotlib (Agg), and the plotted data as CSV.
+  H >= 2 bits, drawn dotted below 2 bits, where only RankTuner's ``proxy=massey`` ablation applies it (the default
+  proxy there is 1 + (1 - p_max), docs/methods.md).
+- Histograms of each method's weights (clean and injected noise tokens apart when noise was injected).
+Each panel has its own colour scale; a constant weight (plain SFT) is drawn in one colour with its value named.
+Injected noise tokens are small red crosses drawn over the clean points. PNGs via matplotlib (Agg), and the plotted
+data as CSV.
 """
 
 from __future__ import annotations
@@ -22,16 +25,18 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from ..methods import guessing_entropy_bound  # noqa: E402
-from .forward import weight_columns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
 from .heatmap import NOISE_COLOR  # noqa: E402
+from .table import POSITION_COLUMNS, STATISTICS, constant, method_labels, weight_column  # noqa: E402
 
 PANEL_SIZE = (4.2, 3.4)  # inches per panel
-PLOT_COLUMNS = ["example", "position", "token", "is_noise", "p", "rank", "entropy_bits", "expected_rank", "S"]
-NOISE_REGION_BAND = 0.05
+#: |S_t - 1| < S_BAND: RankTuner leaves the base weight nearly unchanged (the paper's "noise region")
+S_BAND = 0.05
 
 
-def in_noise_region(table: pd.DataFrame, band: float = NOISE_REGION_BAND) -> np.ndarray:
-    """Mask of the tokens in RankTuner's noise region |S_t - 1| < ``band``."""
+def near_one(table: pd.DataFrame, band: float = S_BAND) -> np.ndarray:
+    """Mask of the tokens with |S_t - 1| < ``band`` (practical form), whatever their origin."""
     return np.abs(table["S"].to_numpy(dtype=float) - 1) < band
 
 
@@ -72,30 +77,39 @@ def _save(fig, path: Path, dpi: int) -> Path:
     return path
 
 
+def _colour_by_weight(fig, ax, points: pd.DataFrame, x: str, y: str, column: str):
+    """Clean points coloured by the weight on the panel's own scale; a constant weight in one colour, named."""
+    weights = points[column].to_numpy(dtype=float)
+    if constant(weights):
+        ax.scatter(points[x], points[y], color="#4c72b0", s=6, alpha=0.6, linewidths=0,
+                   label=f"every token: w = {weights[0]:.3g}")
+        return
+    dots = ax.scatter(points[x], points[y], c=weights, cmap="viridis", s=6, alpha=0.8, linewidths=0,
+                      vmin=float(weights.min()), vmax=float(weights.max()))
+    bar = fig.colorbar(dots, ax=ax, label="weight", pad=0.02)
+    bar.locator = MaxNLocator(5)
+    bar.update_ticks()
+
+
 def _scatter(table: pd.DataFrame, path: Path, x: str, y: str, xlabel: str, ylabel: str, draw_bound, title: str,
              dpi: int, max_points: int, seed: int, log_x: bool, legend_at: str) -> Path:
-    methods = weight_columns(table)
+    labels = method_labels(table)
     points = _sample(table, max_points, seed)
-    noise = points[points["is_noise"]]
-    fig, axes = _grid(len(methods), dpi)
-    for ax, method in zip(axes, methods):
-        low, high = float(points[f"w:{method}"].min()), float(points[f"w:{method}"].max())
-        if high - low < 1e-6:  # a constant weight (sft): one colour, a readable colour bar
-            low, high = low - 0.5, high + 0.5
-        dots = ax.scatter(points[x], points[y], c=points[f"w:{method}"], cmap="viridis", s=6, alpha=0.8, linewidths=0,
-                          vmin=low, vmax=high)
-        if len(noise):
-            ax.scatter(noise[x], noise[y], s=22, facecolors="none", edgecolors=NOISE_COLOR, linewidths=0.8,
-                       label="noise token")
+    clean, noise = points[~points["is_noise"]], points[points["is_noise"]]
+    fig, axes = _grid(len(labels), dpi)
+    for ax, label in zip(axes, labels):
+        _colour_by_weight(fig, ax, clean, x, y, weight_column(label))
+        if len(noise):  # thin crosses: they mark the noise without hiding the clean points beneath
+            ax.scatter(noise[x], noise[y], marker="x", s=9, color=NOISE_COLOR, linewidths=0.6, alpha=0.8,
+                       label=f"injected noise token ({len(noise)})")
         ax.set_xscale("log" if log_x else "linear")
         ax.set_yscale("log")
         ax.set_ylim(0.8, 2 * max(float(points[y].max()), 2.0))
         draw_bound(ax, points)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        ax.set_title(method, fontsize=10)
-        ax.legend(fontsize=7, loc=legend_at)
-        fig.colorbar(dots, ax=ax, label="weight", pad=0.02)
+        ax.set_title(label, fontsize=10)
+        ax.legend(fontsize=6, loc=legend_at)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return _save(fig, path, dpi)
@@ -111,7 +125,8 @@ def _massey(ax, points):
     low, high = torch.linspace(0, 2, 50), torch.linspace(2, top, 200)
     ax.plot(high, guessing_entropy_bound(high), color="black", linewidth=1.2,
             label="E[R] = 2^(H-2) + 1 (bound, H ≥ 2)")
-    ax.plot(low, guessing_entropy_bound(low), color="black", linewidth=1.2, linestyle=":", label="same formula, H < 2")
+    ax.plot(low, guessing_entropy_bound(low), color="black", linewidth=1.2, linestyle=":",
+            label="same formula, H < 2 (proxy=massey only)")
 
 
 def write_rank_probability(table: pd.DataFrame, path: str | Path, dpi: int = 120, max_points: int = 20000,
@@ -130,21 +145,23 @@ def write_expected_rank_entropy(table: pd.DataFrame, path: str | Path, dpi: int 
 
 
 def write_weight_histograms(table: pd.DataFrame, path: str | Path, dpi: int = 120, bins: int = 40) -> Path:
-    """A histogram of each method's weights; noise tokens, if any, in a second colour (each normalised)."""
-    methods = weight_columns(table)
+    """A histogram of each method's weights; injected noise tokens, if any, in a second colour (each normalised)."""
+    labels = method_labels(table)
     noise = table["is_noise"].to_numpy(dtype=bool)
-    fig, axes = _grid(len(methods), dpi)
-    for ax, method in zip(axes, methods):
-        weights = table[f"w:{method}"].to_numpy(dtype=float)
+    fig, axes = _grid(len(labels), dpi)
+    for ax, method in zip(axes, labels):
+        weights = table[weight_column(method)].to_numpy(dtype=float)
         edges = np.histogram_bin_edges(weights, bins=bins)
         ax.hist(weights[~noise], bins=edges, density=True, color="#4c72b0", alpha=0.75,
                 label=f"clean tokens ({(~noise).sum()})")
         if noise.any():
             ax.hist(weights[noise], bins=edges, density=True, color=NOISE_COLOR, alpha=0.55,
-                    label=f"noise tokens ({noise.sum()})")
+                    label=f"injected noise tokens ({noise.sum()})")
         ax.set_xlabel("token weight")
         ax.set_ylabel("density")
-        ax.set_title(f"{method}  (mean {weights.mean():.3g})", fontsize=10)
+        ax.set_title(f"{method}  (constant {weights[0]:.3g})" if constant(weights) else
+                     f"{method}  (mean {weights.mean():.3g})", fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.legend(fontsize=7)
     fig.suptitle("Token weights per method", fontsize=11)
     fig.tight_layout()
@@ -155,7 +172,8 @@ def write_plot_data(table: pd.DataFrame, path: str | Path) -> Path:
     """The plotted values as CSV: position, token, statistics and every weight, one row per token."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table[PLOT_COLUMNS + [f"w:{m}" for m in weight_columns(table)]].to_csv(path, index=False)
+    table[[*POSITION_COLUMNS, *STATISTICS] + [weight_column(m) for m in method_labels(table)]].to_csv(path,
+                                                                                               index=False)
     return path
 
 
@@ -172,17 +190,25 @@ def write_plots(table: pd.DataFrame, out_dir: str | Path, dpi: int = 120, max_po
     }
 
 
-def write_scale_histogram(table: pd.DataFrame, path: str | Path, band: float = NOISE_REGION_BAND, dpi: int = 120,
+def write_scale_histogram(table: pd.DataFrame, path: str | Path, band: float = S_BAND, dpi: int = 120,
                           bins: int = 60) -> Path:
-    """A histogram of RankTuner's S_t with the noise region |S_t - 1| < ``band`` shaded and its share printed."""
-    share = float(in_noise_region(table, band).mean())
+    """A histogram of RankTuner's S_t on a log axis (S and 1/S equally far from 1), the band |S_t - 1| < ``band``
+    shaded with its share; injected noise tokens, if any, apart."""
+    values = table["S"].to_numpy(dtype=float)
+    noise = table["is_noise"].to_numpy(dtype=bool)
+    share = float(near_one(table, band).mean())
+    low, high = min(values.min(), 1 - band), max(values.max(), 1 + band)
+    edges = np.geomspace(low, high, bins + 1)
     fig, ax = plt.subplots(figsize=PANEL_SIZE, dpi=dpi)
-    ax.axvspan(1 - band, 1 + band, color="#bbbbbb", alpha=0.5, label=f"noise region |S-1| < {band:g}: {share:.1%}")
-    ax.hist(table["S"].to_numpy(dtype=float), bins=bins, color="#4c72b0", alpha=0.85)
-    ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_xlabel("S_t (RankTuner relative scale)")
+    ax.axvspan(1 - band, 1 + band, color="#bbbbbb", alpha=0.6, label=f"S ~ 1 (|S-1| < {band:g}): {share:.1%}")
+    ax.hist(values[~noise], bins=edges, color="#4c72b0", alpha=0.85, label=f"clean tokens ({(~noise).sum()})")
+    if noise.any():
+        ax.hist(values[noise], bins=edges, color=NOISE_COLOR, alpha=0.6, label=f"injected noise tokens ({noise.sum()})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("S_t (RankTuner relative scale, practical form)")
     ax.set_ylabel("tokens")
     ax.set_title("Relative scale of the response tokens", fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     return _save(fig, Path(path), dpi)

@@ -1,42 +1,53 @@
-"""The diagnostics of a training run: from an HF model dir (the end of a run, or any checkpoint) and a data file.
+"""The diagnostics of a training run: from a model (the end of a run, or any checkpoint) and a data file.
 
-Reports the distribution of every method's weights on the responses and the share of tokens in RankTuner's noise
-region |S_t - 1| < 0.05, where the relative scale leaves the base weight nearly unchanged (high-entropy,
-low-probability tokens; RankTuner, Yu et al., arXiv 2602.01745). Writes ``report.md``, ``report.json``,
-``weight_summary.csv``, ``weight_histograms.png`` and ``relative_scale.png``.
+Reports the distribution of every method's weights on the responses and the share of tokens with S_t ~ 1
+(|S_t - 1| < 0.05), where RankTuner's relative scale leaves the base weight nearly unchanged (the paper's "noise
+region": high-entropy, low-probability tokens; Yu et al., arXiv 2602.01745). That band is a property of S_t, not of
+injected noise: the "injected noise tokens" of the noise diagnosis are another thing. Writes ``report.md``,
+``report.json``, ``weight_summary.csv``, ``weight_histograms.png`` and ``relative_scale.png`` (and, with noise,
+the noise tables).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..methods import METHODS
-from .examples import load_examples, tokenize_examples
-from .forward import build_methods, load_model, load_tokenizer, resolve_model_dir, token_table, weight_columns
-from .plots import NOISE_REGION_BAND, in_noise_region, write_scale_histogram, write_weight_histograms
+from .forward import build_methods
+from .plots import S_BAND, near_one, write_scale_histogram, write_weight_histograms
+from .table import method_labels, table_from_model, weight_column
 
 
-def weight_summary(table: pd.DataFrame, band: float = NOISE_REGION_BAND) -> pd.DataFrame:
-    """Per method: mean and percentiles of w_t, and the mean weight inside and outside the noise region."""
-    in_region = in_noise_region(table, band)
+def _mean(values: np.ndarray) -> float | None:
+    return float(values.mean()) if values.size else None
+
+
+def weight_summary(table: pd.DataFrame, band: float = S_BAND) -> pd.DataFrame:
+    """Per method: mean and percentiles of w_t, and the mean weight inside and outside the band |S_t - 1| < band
+    (None where a side holds no token)."""
+    inside = near_one(table, band)
     rows = []
-    for method in weight_columns(table):
-        w = table[f"w:{method}"].to_numpy(dtype=float)
-        rows.append({
-            "method": method, "mean": w.mean(), "p10": np.percentile(w, 10), "median": np.median(w),
-            "p90": np.percentile(w, 90),
-            "mean_in_noise_region": w[in_region].mean() if in_region.any() else float("nan"),
-            "mean_outside": w[~in_region].mean() if (~in_region).any() else float("nan"),
-        })
+    for label in method_labels(table):
+        w = table[weight_column(label)].to_numpy(dtype=float)
+        rows.append({"method": label, "mean": w.mean(), "p10": np.percentile(w, 10), "median": np.median(w),
+                     "p90": np.percentile(w, 90), "mean_s_near_one": _mean(w[inside]),
+                     "mean_elsewhere": _mean(w[~inside])})
     return pd.DataFrame(rows)
 
 
-def write_report(table: pd.DataFrame, out_dir: str | Path, source: dict, band: float = NOISE_REGION_BAND) -> Path:
-    """Write the report files for a token table; ``source`` (model, data, ...) is printed at the top."""
+def _cell(value) -> str:
+    return "none" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
+
+
+def write_report(table: pd.DataFrame, out_dir: str | Path, source: dict, noise_tables: str | None = None,
+                 band: float = S_BAND) -> Path:
+    """Write the report files for a token table; ``source`` (model, data, ...) is printed at the top,
+    ``noise_tables`` (Markdown of the noise diagnosis) at the end."""
     out_dir = Path(out_dir)
     summary = weight_summary(table, band)
     numbers = {
@@ -45,9 +56,9 @@ def write_report(table: pd.DataFrame, out_dir: str | Path, source: dict, band: f
         "response_tokens": len(table),
         "mean_nll": float(-table["log_prob"].mean()),
         "mean_p": float(table["p"].mean()),
-        "noise_region_band": band,
-        "noise_region_share": float(in_noise_region(table, band).mean()),
-        "methods": summary.set_index("method").to_dict(orient="index"),
+        "s_band": band,
+        "s_near_one_share": float(near_one(table, band).mean()),
+        "methods": {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in summary.to_dict("records")},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_weight_histograms(table, out_dir / "weight_histograms.png")
@@ -59,28 +70,28 @@ def write_report(table: pd.DataFrame, out_dir: str | Path, source: dict, band: f
     lines += [
         f"- examples: {numbers['examples']}, response tokens: {numbers['response_tokens']}",
         f"- mean NLL: {numbers['mean_nll']:.4f}, mean p_t: {numbers['mean_p']:.4f}",
-        f"- share of tokens in the noise region |S_t - 1| < {band:g}: {numbers['noise_region_share']:.2%}",
+        f"- share of tokens with S_t ~ 1 (|S_t - 1| < {band:g}, RankTuner's practical form; the paper's \"noise "
+        f"region\", not injected noise): {numbers['s_near_one_share']:.2%}",
         "",
-        "| method | mean w | p10 | median | p90 | mean w in noise region | mean w outside |",
+        "| method | mean w | p10 | median | p90 | mean w where S_t ~ 1 | mean w elsewhere |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [f"| {r.method} | {r.mean:.4g} | {r.p10:.4g} | {r.median:.4g} | {r.p90:.4g} | "
-              f"{r.mean_in_noise_region:.4g} | {r.mean_outside:.4g} |" for r in summary.itertuples()]
+              f"{_cell(r.mean_s_near_one)} | {_cell(r.mean_elsewhere)} |" for r in summary.itertuples()]
     lines += ["", "![weights per method](weight_histograms.png)", "", "![relative scale](relative_scale.png)", ""]
+    if noise_tables:
+        lines += ["## Injected noise", "", noise_tables]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
 
 
 def run_report(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, methods: list[str] | None = None,
-               max_examples: int | None = 256, batch_tokens: int = 8192, device: str = "auto",
-               dtype: str = "auto", progress: bool = True) -> Path:
-    """Load the model (an HF dir or a verl checkpoint with ``huggingface/`` weights), score ``data_path`` and write
-    the report to ``out_dir``. Call it at the end of a run or on any checkpoint."""
-    chosen = build_methods(list(methods or METHODS))
-    model_dir = resolve_model_dir(model_dir)
-    tokenizer = load_tokenizer(model_dir)
-    examples = tokenize_examples(tokenizer, load_examples(data_path, max_examples))
-    table = token_table(load_model(model_dir, device, dtype), tokenizer, examples, chosen, batch_tokens=batch_tokens,
-                        progress=progress)
+               max_examples: int | None = 256, batch_tokens: int = 8192, logit_chunk: int = 1024,
+               device: str = "auto", dtype: str = "auto", progress: bool = True) -> Path:
+    """Score ``data_path`` under the model (any form ``table_from_model`` accepts) and write the report to
+    ``out_dir``. Call it at the end of a run or on any checkpoint."""
+    table = table_from_model(model_dir, data_path, build_methods(list(methods or METHODS)),
+                             max_examples=max_examples, batch_tokens=batch_tokens, logit_chunk=logit_chunk,
+                             device=device, dtype=dtype, progress=progress)
     return write_report(table, out_dir, {"model": str(model_dir), "data": str(data_path)})

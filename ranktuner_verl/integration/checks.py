@@ -69,10 +69,13 @@ def run_checks(config: DictConfig, loss) -> None:
     from ranktuner_verl.integration.checkpoint_guard import check_resume
 
     if config.model.get("use_fused_kernels", False) and not loss.runs_fused:
+        from ranktuner_verl.methods import METHODS
+
+        fused = ", ".join(name for name in METHODS if type(loss)(name).runs_fused)
         raise StartupError(
             f"model.use_fused_kernels=True with loss={loss.method.name}: verl's fused kernels return log-probs "
             f"without the logits, and this loss needs {sorted(loss.engine_stat_names)} computed from them. Set "
-            "model.use_fused_kernels=False (sft, dft and talr need only log-probs and run fused).")
+            f"model.use_fused_kernels=False (the losses that run fused: {fused}).")
     rows = read_data(config)
     check_batch_sizes(config, {split: len(messages) for split, (_, messages) in rows.items()})
     check_model_path(config)

@@ -60,13 +60,13 @@ def run(config: DictConfig) -> None:
     from verl.utils.device import auto_set_device
 
     prepare(config, for_workers=True)
+    if not ray.is_initialized():
+        ray.init()
+    refuse_relative_paths(config, nodes=sum(node["Alive"] for node in ray.nodes()))
     finished = finished_before_loading(config)
     if finished:
         print(finished, flush=True)
         return
-    if not ray.is_initialized():
-        ray.init()
-    refuse_relative_paths(config, nodes=sum(node["Alive"] for node in ray.nodes()))
     # only now: on a CPU head node the CPU platform stays active until ray.init shows the cluster's GPUs
     apply_cpu_defaults(config)
     auto_set_device(config)

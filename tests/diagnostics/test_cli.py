@@ -1,16 +1,24 @@
 """The command ``python -m ranktuner_verl.diagnostics`` end to end on the tiny model, and its answers to bad input."""
 
+import json
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
+import torch
 
 import pandas as pd
 import pytest
 from PIL import Image
 
+from ranktuner_verl.diagnostics import table as table_module
 from ranktuner_verl.diagnostics.__main__ import main
-from ranktuner_verl.diagnostics.noise import top_share_metrics
+from ranktuner_verl.diagnostics.rankings import ranking_table
+from ranktuner_verl.diagnostics.forward import build_methods
+from ranktuner_verl.diagnostics.table import read_tokens, table_from_model
 
 FIGURES = ["heatmap.png", "rank_probability.png", "expected_rank_entropy.png", "weight_histograms.png"]
 
@@ -20,18 +28,17 @@ def test_noise_command_end_to_end(tiny_model_dir, sft_parquet, tmp_path):
     out = tmp_path / "noise"
     command = [sys.executable, "-m", "ranktuner_verl.diagnostics", "noise", "--model", str(tiny_model_dir),
                "--data", str(sft_parquet), "--out", str(out), "--rate", "0.1", "--count", "2", "--quiet",
-               "--methods", "sft", "dft", "ranktuner", "ranktuner:base=one"]
+               "--methods", "sft,dft,ranktuner,ranktuner:base=one,form=exact", "--rank-by", "signal,weight,grad-share"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert "| ranktuner:base=one |" in result.stdout
+    assert "| ranktuner:base=one,form=exact |" in result.stdout and "**Ranked by grad-share**" in result.stdout
     table = pd.read_csv(out / "noise_table.csv")
-    assert table["method"].tolist() == ["sft", "dft", "ranktuner", "ranktuner:base=one"]
-    tokens = pd.read_json(out / "tokens.jsonl", lines=True, dtype={"token": str})
+    assert table.loc[table["ranking"] == "weight", "row"].tolist()[1:] == ["sft", "dft", "ranktuner",
+                                                                          "ranktuner:base=one,form=exact"]
+    tokens = read_tokens(out / "tokens.jsonl")
     assert tokens["example"].nunique() == 12 and tokens["is_noise"].any()
-    for row in table.itertuples():  # the table is what the metrics give on the per-token records
-        expected = top_share_metrics(tokens[f"w:{row.method}"], tokens["is_noise"], tokens["example"], 0.1)
-        assert row.token_recall == pytest.approx(100 * expected["token_recall"])
-        assert row.sequence_hit_rate == pytest.approx(100 * expected["sequence_hit_rate"])
+    # the tables are what the rankings give on the per-token records
+    pd.testing.assert_frame_equal(table, ranking_table(tokens, ["signal", "weight", "grad-share"]), atol=1e-9)
     html = (out / "heatmap.html").read_text()
     shown = [int(e) for e in re.findall(r'data-example="(\d+)"', html)]
     assert len(shown) == 2 and html.count('<span class="tok') == 4 * tokens["example"].isin(shown).sum()
@@ -44,13 +51,11 @@ def test_noise_command_end_to_end(tiny_model_dir, sft_parquet, tmp_path):
     assert main(["noise", "--tokens", str(out / "tokens.jsonl"), "--out", str(again), "--top-share", "0.2",
                  "--no-figures"]) == 0
     rerun = pd.read_csv(again / "noise_table.csv")
-    expected = top_share_metrics(tokens["w:dft"], tokens["is_noise"], tokens["example"], 0.2)
-    precision = rerun.loc[rerun["method"] == "dft", "token_precision"].item()
-    assert precision == pytest.approx(100 * expected["token_precision"])
+    pd.testing.assert_frame_equal(rerun, ranking_table(tokens, ["signal"], top_share=0.2), atol=1e-9)
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--methods", "sft", "fancy"], "unknown loss 'fancy'; valid: sft, dft, talr, eaft, deft, ranktuner"),
+    (["--methods", "sft,fancy"], "unknown method 'fancy'; valid: sft, dft, talr, eaft, deft, ranktuner"),
     (["--methods", "talr:w_min=2"], "w_min=2 is out of range"),
     (["--rate", "0.001"], "too short for random noise"),
     (["--kind", "swap", "--rate", "0.6"], "too short for swap noise"),
@@ -62,6 +67,19 @@ def test_bad_input_is_named_and_nothing_is_written(tiny_model_dir, sft_parquet, 
                  *extra])
     assert code == 2 and message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_broken_jsonl_line_is_named_with_its_file_and_line(tiny_model_dir, tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "1+1?", "response": "2"}\n\n{"prompt": "2+2?", "response": 4\n')
+    assert main(["heatmap", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert f"{data}:3 is not valid JSON" in capsys.readouterr().err
+
+
+def test_unknown_ranking_stops_at_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        main(["noise", "--tokens", "x.jsonl", "--out", "o", "--rank-by", "signal,loss"])
+    assert "unknown ranking(s) ['loss']; choose from signal, weight, loss-share, grad-share" in capsys.readouterr().err
 
 
 def test_no_examples(tiny_model_dir, tmp_path, capsys):
@@ -81,12 +99,39 @@ def test_inputs_must_be_given_one_way(tmp_path, capsys):
     assert "outside (0, 1]" in capsys.readouterr().err
 
 
-def test_report_from_a_checkpoint_folder(tiny_model_dir, sft_parquet, tmp_path):
-    step = tmp_path / "ckpt" / "global_step_2"
-    shutil.copytree(tiny_model_dir, step / "huggingface")
+def _lora_run(base: Path, out: Path) -> Path:
+    """verl's layout of a merged LoRA run: base weights in ``merged_hf/``, the adapter in ``merged_hf/lora_adapter``
+    (made with peft, random non-zero B so that it changes the model)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(base, out / "merged_hf")
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(out / "merged_hf" / "lora_adapter")
+    return out / "merged_hf"
+
+
+def test_report_on_a_lora_run_sees_the_adapter(tiny_model_dir, sft_parquet, tmp_path, monkeypatch):
+    """The report runs the chain every command runs: the model forms of evaluation (a LoRA run is merged, not read
+    as its base model), --logit-chunk honoured, and with --kind the noise tables."""
+    lora = _lora_run(tiny_model_dir, tmp_path / "run")
+    chunks = []
+    real = table_module.response_stats
+    monkeypatch.setattr(table_module, "response_stats", lambda *a: chunks.append(a[5]) or real(*a))
     out = tmp_path / "report"
-    assert main(["report", "--model", str(step), "--data", str(sft_parquet), "--out", str(out), "--quiet",
-                 "--max-examples", "4"]) == 0
+    assert main(["report", "--model", str(lora), "--data", str(sft_parquet), "--out", str(out), "--quiet",
+                 "--max-examples", "4", "--logit-chunk", "5", "--kind", "swap", "--rate", "0.1",
+                 "--rank-by", "signal,loss-share"]) == 0
+    assert chunks == [5]
     text = (out / "report.md").read_text()
-    assert "examples: 4" in text and "| ranktuner |" in text and "noise region |S_t - 1| < 0.05" in text
+    assert "examples: 4" in text and "| ranktuner |" in text and "|S_t - 1| < 0.05" in text
+    assert "**Ranked by loss-share**" in text and not re.search(r"\bnan\b", text, re.I)
     assert Image.open(out / "relative_scale.png").format == "PNG"
+    assert json.loads((out / "report.json").read_text())["model"] == str(lora)
+    methods = build_methods(["dft"])
+    base = table_from_model(tiny_model_dir, sft_parquet, methods, max_examples=2, progress=False)
+    merged = table_from_model(lora, sft_parquet, methods, max_examples=2, progress=False)
+    assert (tmp_path / "run" / "merged_hf_lora_merged").is_dir()
+    assert np.abs(merged["log_prob"] - base["log_prob"]).max() > 1e-3

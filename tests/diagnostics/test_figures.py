@@ -1,6 +1,7 @@
 """Heat maps and plots from a real token table of the tiny model (with injected noise)."""
 
 import json
+import re
 from html.parser import HTMLParser
 
 import numpy as np
@@ -9,11 +10,14 @@ import pytest
 from PIL import Image
 
 from ranktuner_verl.diagnostics.examples import load_examples, tokenize_examples
-from ranktuner_verl.diagnostics.forward import build_methods, load_model, load_tokenizer, token_table
-from ranktuner_verl.diagnostics.heatmap import scales, write_heatmap_html, write_heatmap_png
+from ranktuner_verl.diagnostics import plots
+from ranktuner_verl.diagnostics.forward import build_methods, load_model, load_tokenizer
+from ranktuner_verl.diagnostics.heatmap import (CHAR_WIDTH, CHARS_PER_PANEL, grid_shape, scales, write_heatmap_html,
+                                                write_heatmap_png)
 from ranktuner_verl.diagnostics.noise import inject_noise
 from ranktuner_verl.diagnostics.plots import figure_size_px, write_plots
 from ranktuner_verl.diagnostics.report import write_report
+from ranktuner_verl.diagnostics.table import token_table
 
 METHODS = ["sft", "dft", "ranktuner"]
 
@@ -66,11 +70,47 @@ def test_png_heat_map_has_the_requested_width(table, tmp_path):
     assert pixels.std() > 10 and reds.any()  # coloured tokens, red outlines on the noise
 
 
-def test_weight_scale_does_not_depend_on_the_panel_order(table):
-    """Weight panels span [0, largest weight], whether S (with its own range) comes before or after them."""
-    for order in (["w:dft", "S"], ["S", "w:dft"]):
-        norm = scales(table, order)["w:dft"].norm
-        assert (norm.vmin, norm.vmax) == (0, pytest.approx(table["w:dft"].max())), order
+def test_every_panel_has_its_own_colour_range(table):
+    """Each panel spans its own values (S and the p-based weights no longer share one range); a constant weight is
+    drawn as a constant, and no panel's scale depends on the others."""
+    columns = ["w:sft", "w:dft", "w:ranktuner", "S", "p"]
+    for order in (columns, columns[::-1]):
+        scale = scales(table, order)
+        assert scale["w:sft"].constant == 1.0 and len({tuple(c) for c in scale["w:sft"].rgba(table["w:sft"])}) == 1
+        for column in ("w:dft", "w:ranktuner"):
+            norm = scale[column].norm
+            assert (norm.vmin, norm.vmax) == (pytest.approx(table[column].min()), pytest.approx(table[column].max()))
+        assert scale["S"].norm.vcenter == 1 and scale["p"].norm.vmax == 1
+
+
+def test_png_panels_are_in_a_grid(table, tmp_path):
+    """Five panels: two rows of at most three, so the image is three panels wide, not five."""
+    assert grid_shape(5) == (2, 3) and grid_shape(2) == (1, 2)
+    one_row = write_heatmap_png(table, tmp_path / "a.png", color_by=["w:dft", "S", "p"], examples=[0], dpi=100)
+    two_rows = write_heatmap_png(table, tmp_path / "b.png", color_by=["w:sft", "w:dft", "w:ranktuner", "S", "p"],
+                                 examples=[0], dpi=100)
+    assert one_row[0] == two_rows[0] == round((0.5 + 3 * CHARS_PER_PANEL * CHAR_WIDTH + 2 * 0.3) * 100)
+    assert two_rows[1] > 1.6 * one_row[1] - 120  # a second row of panels below the first
+
+
+def test_scatter_colour_bars_are_per_panel_and_constant_weights_have_none(table, tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    plots.write_rank_probability(table, tmp_path / "r.png", dpi=60)
+    figure = figures[-1]
+    bars = [ax for ax in figure.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 2  # dft and ranktuner; sft's constant weight is drawn in one colour, named in its legend
+    panels = [ax for ax in figure.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == METHODS
+    assert "w = 1" in " ".join(t.get_text() for t in panels[0].get_legend().get_texts())
+    clean = table[~table["is_noise"]]
+    for ax, method in zip(panels, METHODS):
+        dots = ax.collections[0]  # the clean tokens
+        if method == "sft":
+            assert dots.get_array() is None
+        else:
+            column = clean[f"w:{method}"]
+            assert (dots.norm.vmin, dots.norm.vmax) == (pytest.approx(column.min()), pytest.approx(column.max()))
 
 
 def test_heat_map_refuses_unknown_columns_and_examples(table, tmp_path):
@@ -96,8 +136,9 @@ def test_plots_and_their_data(table, tmp_path):
 def test_report_numbers(table, tmp_path):
     write_report(table, tmp_path, {"model": "tiny"})
     numbers = json.loads((tmp_path / "report.json").read_text())
-    assert numbers["noise_region_share"] == pytest.approx(np.mean(np.abs(table["S"] - 1) < 0.05))
+    assert numbers["s_near_one_share"] == pytest.approx(np.mean(np.abs(table["S"] - 1) < 0.05))
     assert numbers["methods"]["dft"]["mean"] == pytest.approx(table["p"].mean(), rel=1e-5)
     assert numbers["methods"]["sft"]["median"] == 1
     assert Image.open(tmp_path / "weight_histograms.png").size == figure_size_px(len(METHODS), 120)
-    assert "share of tokens in the noise region" in (tmp_path / "report.md").read_text()
+    text = (tmp_path / "report.md").read_text()
+    assert "S_t ~ 1" in text and not re.search(r"\bnan\b", text, re.I)

@@ -103,3 +103,14 @@ def test_disk_full_while_saving_names_the_place_and_marks_the_step_incomplete(ti
     listing = (tmp_path / "ckpt.listing").read_text().split()
     assert "./global_step_1.incomplete" in listing and "./global_step_1" not in listing
     assert f"./{TRACKER}" not in listing  # nothing names the broken step as the latest
+
+
+def test_a_finished_run_without_total_training_steps_stops_in_fit(first_run, tiny, two_rows):
+    """trainer.total_training_steps unset: the length comes from verl's dataloader (2 rows, batch 1, 1 epoch = 2
+    steps), so the trainer says it is finished after building it, instead of training step 3."""
+    out, _ = first_run
+    again = run_trainer(overrides(tiny, two_rows, out, "loss=sft", "trainer.total_training_steps=null",
+                                  "trainer.total_epochs=1"), out)
+    assert again.trained_steps() == []
+    assert "This run is finished" in again.output and "trainer.total_training_steps is 2" in again.output
+    assert not (out / "ckpt" / "global_step_3").exists()

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from ranktuner_verl.data.tiny import COT_SYSTEM_PROMPT, math_cot_examples, to_messages
+from ranktuner_verl.data.tiny import math_cot_examples, to_messages
 from ranktuner_verl.integration import checks, trainer
 from ranktuner_verl.integration.checkpoint_guard import LOSS_RECORD, TRACKER
 

@@ -123,13 +123,14 @@ def test_train_ray_sh_submits_absolute_paths_and_the_checkpoint_lands_here(clust
 def test_a_job_with_a_relative_checkpoint_folder_is_refused_on_two_nodes(cluster, project):
     address, env = cluster
     absolute = [f"model.path={project / 'model'}", f"data.train_files={project / 'data' / 'train.parquet'}"]
-    overrides = [o for o in OVERRIDES if not o.startswith(("model.path=", "data.train_files="))] + absolute
+    overrides = [o for o in OVERRIDES if not o.startswith(("model.path=", "data.train_files="))] + absolute + [
+        "trainer.experiment_name=refused"]  # not the folder the other test's run wrote
     result = subprocess.run(
         RAY + ["job", "submit", f"--address={address}", "--working-dir=.", "--", "python", "-m",
                "ranktuner_verl.integration.trainer_ray", "trainer.n_gpus_per_node=1", *overrides],
         cwd=project, env=env, capture_output=True, text=True, timeout=600)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "this Ray cluster has 2 nodes and trainer.default_local_dir=checkpoints/ranktuner-verl/sft is relative" in (
-        output), output[-4000:]
+    refusal = "this Ray cluster has 2 nodes and trainer.default_local_dir=checkpoints/ranktuner-verl/refused is relative"
+    assert refusal in output, output[-4000:]
     assert "Saving checkpoint" not in output
