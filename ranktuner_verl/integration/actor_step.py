@@ -23,7 +23,7 @@ import torch
 # the per-case knobs and their defaults: loss_mode, token_weight options, engine settings, batch shape
 DEFAULTS = dict(loss_mode="vanilla", token_weight={}, temperature=1.0, use_remove_padding=True, ulysses=1,
                 param_dtype="fp32", batch=6, prompt_len=12, response_len=20, seed=0, steps=1, lr=1e-2,
-                micro_batch=3, old_log_prob_noise=0.3, record=True, record_logits=False, hook=True)
+                micro_batch=3, old_log_prob_noise=0.3, record=True, record_logits=False, hook=True, fused=False)
 
 
 def _env_for_one_process() -> None:
@@ -66,7 +66,8 @@ def run_updates(model_path: str, **spec) -> dict:
     from ranktuner_verl.integration.policy_loss import TokenWeightedPolicyLossConfig
 
     model_config = HFModelConfig(path=model_path, use_remove_padding=spec["use_remove_padding"],
-                                 override_config={"attn_implementation": "sdpa"})
+                                 override_config={"attn_implementation": "sdpa"}, use_fused_kernels=spec["fused"],
+                                 fused_kernel_options={"impl_backend": "torch"})
     engine_config = FSDPEngineConfig(
         forward_only=False, strategy="fsdp2", ulysses_sequence_parallel_size=spec["ulysses"],
         use_remove_padding=spec["use_remove_padding"], use_dynamic_bsz=False,

@@ -224,9 +224,12 @@ def check_ppo_config(config) -> None:
     if actor.strategy not in ("fsdp", "fsdp2"):
         problems.append(f"actor_rollout_ref.actor.strategy={actor.strategy}: the statistics are computed in verl's "
                         "FSDP engine only; use fsdp or fsdp2")
-    if config.actor_rollout_ref.model.get("use_fused_kernels", False):
-        problems.append("actor_rollout_ref.model.use_fused_kernels=True never materialises the logits the "
-                        "statistics need; set it to False")
+    from ranktuner_verl.integration.fused_stats import unsupported_backend
+
+    model = config.actor_rollout_ref.model
+    fused_problem = unsupported_backend(model.get("use_fused_kernels", False), model.get("fused_kernel_options"))
+    if fused_problem:  # torch and liger run: the statistics come from the hidden states (fused_stats)
+        problems.append(f"actor_rollout_ref.{fused_problem}")
     bypass = config.get("algorithm", {}).get("rollout_correction", {}).get("bypass_mode", False)
     if bypass:
         problems.append("algorithm.rollout_correction.bypass_mode=True replaces policy_loss.loss_mode with "

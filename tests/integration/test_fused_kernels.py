@@ -74,3 +74,24 @@ def test_fused_and_ulysses_sp2_train_like_the_unfused_single_process_run(runs):
     for key in ("train/loss", "train/nll", "train/grad_norm", "train/weight_mean", "train/weight_p50",
                 "train/s_near_one"):
         assert_close(fused.values(key), one.values(key))
+
+
+def test_rl_policy_loss_with_fused_kernels_equals_unfused(tiny, tmp_path):
+    """The RL policy loss (``loss_mode=ranktuner``, T = 0.7) through verl's real actor worker: one SGD update with
+    fused kernels (remove-padding on and off) moves the parameters as the unfused update does (so equal gradients),
+    with the same metrics. Fused and unfused need their own processes (verl patches the model class)."""
+    from test_rl_actor import _run
+
+    case = {"loss_mode": "ranktuner", "temperature": 0.7}
+    unfused = _run(tiny, tmp_path, {"off": case})["off"]
+    fused = _run(tiny, tmp_path, {"on": {**case, "fused": True},
+                                            "on_padded": {**case, "fused": True, "use_remove_padding": False}})
+    for result in (unfused, *fused.values()):
+        assert "error" not in result, result.get("traceback")
+    step = max((want - unfused["initial_params"][name]).abs().max().item() for name, want in unfused["params"].items())
+    assert step > 0
+    for got in fused.values():
+        for name, want in unfused["params"].items():  # relative to the largest step, as the gradients above
+            assert (got["params"][name] - want).abs().max().item() <= GRAD_TOL * step, name
+        for key in ("actor/pg_loss", "grad_norm", "actor/token_weight_mean", "actor/token_stat_rank"):
+            assert got["metrics"][0][key] == pytest.approx(unfused["metrics"][0][key], rel=1e-5, abs=1e-7), key

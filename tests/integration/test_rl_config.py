@@ -65,7 +65,8 @@ def test_the_yaml_lists_exactly_the_options_of_every_mode():
     ((f"{OPTION}rho=0.3",), "unknown token_weight option(s) ['rho']; valid: base_loss"),
     ((f"{OPTION}clamp_min=3",), "clamp_min=3.0 exceeds clamp_max=2.0"),
     ((f"{OPTION}base_loss=geo_mean",), "base_loss='geo_mean' is not valid; use one of 'vanilla'"),
-    (("actor_rollout_ref.model.use_fused_kernels=True",), "use_fused_kernels=True never materialises the logits"),
+    (("actor_rollout_ref.model.use_fused_kernels=True", "actor_rollout_ref.model.fused_kernel_options.impl_backend=triton"),
+     "impl_backend='triton' computes the log-probs in a kernel that the token statistics cannot share"),
     (("algorithm.rollout_correction.bypass_mode=True",), "bypass_mode=True replaces policy_loss.loss_mode"),
 ])
 def test_a_bad_setting_fails_at_start_up_naming_the_fix(overrides, message):
@@ -73,6 +74,10 @@ def test_a_bad_setting_fails_at_start_up_naming_the_fix(overrides, message):
     with pytest.raises(ValueError) as error:
         check_ppo_config(config)
     assert message in str(error.value)
+
+
+def test_fused_kernels_with_the_torch_backend_pass_the_checks():
+    check_ppo_config(_compose(f"{MODE}=ranktuner", "actor_rollout_ref.model.use_fused_kernels=True"))
 
 
 def test_an_engine_other_than_fsdp_is_refused():
