@@ -120,8 +120,9 @@ def compute_stats(engine, output, output_args, micro_batch, request: StatsReques
     """The statistics ``request.engine_stat_names`` per token, laid out exactly like verl's ``log_probs`` (jagged).
 
     Works on views of the model's logits, ``chunk_rows`` rows at a time (no [N, V] copy, with or without
-    remove-padding); a temperature other than 1 divides each chunk in the logits' dtype exactly as verl's
-    ``_scale_logits_by_temperature`` divides the whole tensor, so the statistics see the logits the log-probs see.
+    remove-padding); a temperature other than 1 divides each chunk in the logits' dtype (``token_stats``'s
+    ``temperature``) exactly as verl's ``_scale_logits_by_temperature`` divides the whole tensor, so the statistics
+    see the logits the log-probs see.
     With fused kernels (no logits) the statistics were computed during the forward (``fused_stats``).
     """
     from verl.utils import tensordict_utils as tu
@@ -162,20 +163,18 @@ def compute_stats(engine, output, output_args, micro_batch, request: StatsReques
         temperature = output_args["temperature"].reshape(-1)[seq] if scaled else None
     labels = labels[out_rows]
     if temperature is not None:
-        temperature = temperature[out_rows].clamp(min=1e-8).to(logits.dtype).unsqueeze(-1)
+        temperature = temperature[out_rows]
 
     values = {name: torch.full((n_out,), float("nan"), device=logits.device) for name in names}
     kwargs = dict(request.stat_kwargs)
     step = kwargs.pop("chunk_rows", None) or default_chunk_rows(vocab, logits.device)
-    with torch.autocast(logits.device.type, enabled=False):
-        for start in range(0, out_rows.numel(), step):
-            part = slice(start, start + step)
-            chunk = _rows(logits, logit_rows[part])
-            if temperature is not None:
-                chunk = chunk / temperature[part]  # elementwise as verl's _scale_logits_by_temperature
-            chunk_stats = token_stats(chunk, labels[part], names, chunk_rows=step, **kwargs)
-            for name in names:
-                values[name][out_rows[part]] = chunk_stats[name]
+    for start in range(0, out_rows.numel(), step):  # token_stats: autocast off, fp32 statistics
+        part = slice(start, start + step)
+        chunk_temperature = None if temperature is None else temperature[part]
+        chunk_stats = token_stats(_rows(logits, logit_rows[part]), labels[part], names, chunk_rows=step,
+                                  temperature=chunk_temperature, **kwargs)
+        for name in names:
+            values[name][out_rows[part]] = chunk_stats[name]
 
     return _as_jagged(engine, values, names, output_args, cu_seqlens, use_remove_padding)
 
