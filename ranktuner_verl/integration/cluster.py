@@ -75,9 +75,17 @@ def refuse_relative_paths(config: DictConfig, nodes: int) -> None:
     if relative:
         raise ValueError(
             f"this Ray cluster has {nodes} nodes and {', '.join(relative)} is relative: each node would read and "
-            f"write its own temporary copy of the job's working directory ({os.getcwd()}), and checkpoints would be "
+            f"write its own temporary copy of the job's working directory ({_working_directory()}), and checkpoints would be "
             "lost. Give absolute paths on storage every node shares; scripts/train_ray.sh with RAY_ADDRESS makes "
             "relative paths absolute against the directory you submit from.")
+
+
+def _working_directory() -> str:
+    """The current directory, for a message: Ray may already have removed a job's temporary copy of it."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        return "a temporary folder Ray has already removed"
 
 
 if __name__ == "__main__":
