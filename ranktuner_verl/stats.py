@@ -61,6 +61,15 @@ def nats_to_bits(x: torch.Tensor) -> torch.Tensor:
     return x / LN2
 
 
+def checked_needs(needs: Iterable[str]) -> frozenset[str]:
+    """``needs`` as a frozenset; ValueError naming the unknown statistics and the valid ones."""
+    needs = frozenset(needs)
+    unknown = needs - STATS.keys()
+    if unknown:
+        raise ValueError(f"unknown statistic(s) {sorted(unknown)}; valid: {sorted(STATS)}")
+    return needs
+
+
 def default_chunk_rows(vocab_size: int, device: torch.device | str | None = None) -> int:
     """Rows of logits per chunk: extra memory is a few [rows, V] fp32 temporaries."""
     return max(1, _for_device(_CHUNK_ELEMENTS, device) // max(vocab_size, 1))
@@ -83,10 +92,7 @@ def token_stats(
     divided chunk by chunk in the logits' dtype after clamping the temperature at 1e-8, as verl 0.9.1 does before its
     log-softmax (``FSDPEngineWithLMHead.prepare_model_outputs``), so no full-size copy of the logits is made.
     """
-    needs = frozenset(needs)
-    unknown = needs - STATS.keys()
-    if unknown:
-        raise ValueError(f"unknown statistic(s) {sorted(unknown)}; valid: {sorted(STATS)}")
+    needs = checked_needs(needs)
     if logits.dim() != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"expected logits [N, V] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}")
     if top_k < 1:

@@ -17,7 +17,7 @@ from typing import Iterable
 
 import torch
 
-from ranktuner_verl.stats import STATS, token_stats
+from ranktuner_verl.stats import _for_device, checked_needs, token_stats
 
 #: Logits per chunk (rows * V), (CPU, accelerator): 64 MiB / 256 MiB of fp32. Fewer rows than verl's fused kernel
 #: (512 rows per chunk, several fp32 [rows, V] temporaries each), so the statistics never raise the peak above the
@@ -28,8 +28,7 @@ _HIDDEN_CHUNK_ELEMENTS = (1 << 24, 1 << 26)
 
 def default_hidden_chunk_rows(vocab_size: int, device: torch.device | str | None = None) -> int:
     """Rows of hidden states per chunk: the chunk's logits [rows, V] are the only large temporary."""
-    per_chunk = _HIDDEN_CHUNK_ELEMENTS[0 if device is None or torch.device(device).type == "cpu" else 1]
-    return max(1, per_chunk // max(vocab_size, 1))
+    return max(1, _for_device(_HIDDEN_CHUNK_ELEMENTS, device) // max(vocab_size, 1))
 
 
 @torch.no_grad()
@@ -48,10 +47,7 @@ def token_stats_from_hidden(
     ``hidden`` may have leading batch dims ([B, S, H] with labels [B, S]); outputs then have the labels' shape.
     ``chunk_rows``: rows of logits per chunk (default ``default_hidden_chunk_rows``).
     """
-    needs = frozenset(needs)
-    unknown = needs - STATS.keys()
-    if unknown:
-        raise ValueError(f"unknown statistic(s) {sorted(unknown)}; valid: {sorted(STATS)}")
+    needs = checked_needs(needs)
     if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1] or labels.shape != hidden.shape[:-1]:
         raise ValueError(
             f"expected hidden [..., H], weight [V, H] and labels [...] with the hidden's leading shape, got "
