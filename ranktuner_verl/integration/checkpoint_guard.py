@@ -19,9 +19,10 @@ import shutil
 
 from omegaconf import DictConfig, OmegaConf
 
+from ranktuner_verl.integration.checkpoints import LATEST_FILE as TRACKER  # verl's checkpoint tracker
+
 LOSS_RECORD = "ranktuner_loss.json"
 INCOMPLETE_SUFFIX = ".incomplete"
-TRACKER = "latest_checkpointed_iteration.txt"  # verl's checkpoint tracker (verl.utils.checkpoint)
 # torch's zip writer reports a failed write with these words, whatever the cause
 TORCH_WRITE_FAILURES = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
 
