@@ -35,7 +35,8 @@ def split_methods(text: str) -> list[str]:
         if "=" in item and ":" not in item:
             if not specs:
                 raise ValueError(f"Methods {text!r}: parameter {item!r} comes before any method name.")
-            specs[-1] += ("," if ":" in specs[-1] and not specs[-1].endswith(":") else "") + item
+            separator = ":" if ":" not in specs[-1] else "" if specs[-1].endswith(":") else ","
+            specs[-1] += separator + item
         else:
             specs.append(item)
     return specs

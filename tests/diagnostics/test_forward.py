@@ -82,6 +82,7 @@ def test_config_without_weights_is_refused(tmp_path, tiny_model_dir):
 def test_method_lists_take_commas():
     assert split_methods("sft, dft,ranktuner:base=one,form=exact,eaft:top_k=5") == [
         "sft", "dft", "ranktuner:base=one,form=exact", "eaft:top_k=5"]
+    assert split_methods("sft,ranktuner,base=one,form=exact") == ["sft", "ranktuner:base=one,form=exact"]
     with pytest.raises(ValueError, match="before any method name"):
         split_methods("base=one,ranktuner")
 
