@@ -46,10 +46,8 @@ if [ $# -lt 2 ]; then
     exit 2
 fi
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-DEFAULT_PYTHON=python
-if [ -x "$REPO/.venv/bin/python" ]; then DEFAULT_PYTHON=$REPO/.venv/bin/python; fi
-PYTHON=${PYTHON:-$DEFAULT_PYTHON}
+source "$(dirname "$0")/lib.sh"
+use_venv_python
 BACKEND=${BACKEND:-vllm}
 NUM_GPUS=${NUM_GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}
 TP=${TP:-1}

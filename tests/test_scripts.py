@@ -73,3 +73,7 @@ def test_the_launch_scripts_use_the_venv_interpreter_when_it_exists(bare_checkou
     assert any("ranktuner_verl.integration.checks loss=sft" in line for line in lines)
     assert any("torch.distributed.run" in line and "ranktuner_verl.integration.trainer loss=sft" in line
                for line in lines)
+    result = subprocess.run(["bash", "scripts/eval.sh", "model", "out"], cwd=repo, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert calls.read_text().splitlines()[-1].startswith("venv -m ranktuner_verl.eval run")
