@@ -131,24 +131,32 @@ class _GradingTimeout(BaseException):
     """Raised by the alarm; a BaseException so that library ``except Exception`` blocks cannot swallow it."""
 
 
+_ALARM_REPEAT_S = 0.05  # once due, the alarm fires again at this interval until the block ends
+
+
 @contextmanager
 def _time_limit(seconds: float | None):
     """Interrupt the block after ``seconds`` of wall time (SIGALRM; main thread only, elsewhere no limit).
 
-    An alarm already armed by the caller (e.g. pytest-timeout) is re-armed afterwards with its remaining time.
+    Yields a list that holds ``True`` once the limit has passed. Python drops an exception raised inside a
+    ``__del__`` or weakref callback (sympy runs many), so the alarm repeats every ``_ALARM_REPEAT_S`` until one
+    lands, and a caller whose block ended anyway reads the flag. An alarm already armed by the caller (e.g.
+    pytest-timeout) is re-armed afterwards with its remaining time.
     """
+    expired: list[bool] = []
     if not seconds or seconds <= 0 or threading.current_thread() is not threading.main_thread():
-        yield
+        yield expired
         return
 
     def on_alarm(signum, frame):
+        expired[:] = [True]
         raise _GradingTimeout()
 
     started = time.monotonic()
     previous_handler = signal.signal(signal.SIGALRM, on_alarm)
-    previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, seconds, _ALARM_REPEAT_S)
     try:
-        yield
+        yield expired
     finally:
         try:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -237,8 +245,9 @@ def grade(completion: str, gold: str, timeout: float | None = DEFAULT_TIMEOUT_S,
     if extracted is None:
         return Grade(correct=False, extracted=None)
     _warm_up(grader)
+    timed_out = Grade(correct=False, extracted=extracted, error=f"timeout after {timeout or 0:g}s")
     try:
-        with _time_limit(timeout):
+        with _time_limit(timeout) as expired:
             if grader == "qwen":
                 from ranktuner_verl.eval.qwen_grader import qwen_equal
 
@@ -246,10 +255,10 @@ def grade(completion: str, gold: str, timeout: float | None = DEFAULT_TIMEOUT_S,
             else:
                 correct = _equivalent(_tidy(str(gold)), _tidy(extracted))
     except _GradingTimeout:
-        return Grade(correct=False, extracted=extracted, error=f"timeout after {timeout:g}s")
+        return timed_out
     except Exception as error:  # noqa: BLE001 - a grader failure is a counted outcome, not a crash
-        return Grade(correct=False, extracted=extracted, error=f"{type(error).__name__}: {error}"[:500])
-    return Grade(correct=correct, extracted=extracted)
+        return timed_out if expired else Grade(False, extracted, f"{type(error).__name__}: {error}"[:500])
+    return timed_out if expired else Grade(correct=correct, extracted=extracted)
 
 
 def _grade_pair(pair: tuple[str, str, float | None, str]) -> Grade:
