@@ -40,9 +40,10 @@ def random_logits(n, vocab, scale, seed):
     return torch.randn(n, vocab, generator=g) * scale, torch.randint(0, vocab, (n,), generator=g)
 
 
+@pytest.mark.parametrize("vocab", [257, 256])  # an even vocabulary takes the top k of each half-row (_top_values)
 @pytest.mark.parametrize("chunk_rows", [1, 3, None])
-def test_matches_brute_force(chunk_rows):
-    logits, labels = random_logits(11, 257, 4.0, 0)
+def test_matches_brute_force(chunk_rows, vocab):
+    logits, labels = random_logits(11, vocab, 4.0, 0)
     got = token_stats(logits, labels, ALL, top_k=7, chunk_rows=chunk_rows)
     want = brute_force(logits, labels, top_k=7)
     for name in ALL:
@@ -93,6 +94,26 @@ def test_ties_count_every_token_at_least_as_likely():
     assert s["rank"].tolist() == [2, 2, 3]
     q, r = math.e / (2 * math.e + 1), 1 / (2 * math.e + 1)
     assert s["expected_rank"][0].item() == pytest.approx(1 * q + 2 * q + 3 * r)
+
+
+def test_rank_counts_signed_zeros_and_infinities_as_the_comparison_does():
+    # the rank is a sum of sign(z_label - z) clamped at 0, not a comparison: -0.0 == 0.0, -inf never makes a NaN
+    logits = torch.tensor([[0.0, -0.0, -1.0, float("-inf"), 2.0]] * 5)
+    labels = torch.tensor([0, 1, 2, 3, 4])
+    s = token_stats(logits, labels, {"rank", "log_prob"})
+    assert s["rank"].tolist() == [(logits[0] >= logits[0, y]).sum().item() for y in labels.tolist()] == [3, 3, 4, 5, 1]
+    assert s["log_prob"][3].item() == float("-inf")
+
+
+@pytest.mark.parametrize("rows", [[2, 3, 4, 5], [0, 2, 3, 7, 8, 10], [9]])
+def test_selected_rows_equal_the_statistics_of_those_rows(rows):
+    logits, labels = random_logits(11, 257, 4.0, 3)
+    temperature = torch.rand(11, generator=torch.Generator().manual_seed(4)) + 0.5
+    index = torch.tensor(rows)
+    got = token_stats(logits, labels[index], ALL, rows=index, temperature=temperature[index], chunk_rows=2)
+    want = token_stats(logits[index], labels[index], ALL, temperature=temperature[index])
+    for name in ALL:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0, msg=name)
 
 
 # ---- the paper's properties, over random logits ------------------------------------------------------------------

@@ -92,3 +92,35 @@ def test_same_as_token_stats_in_fp32():
     want = token_stats(h @ w.t(), labels, ALL)
     for name in ALL:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def _sharded_head_rank(rank: int, world: int, port: int) -> None:
+    """One rank of a tensor-parallel LM head: the weight a DTensor sharded over the vocabulary, as verl's fused path
+    receives it; the statistics of the fused branch must be those of the whole head."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from ranktuner_verl.integration.fused_stats import _Request
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        h, w, labels = random_head(7, 16, 301, 5)
+        sharded = distribute_tensor(w, init_device_mesh("cpu", (world,)), [Shard(0)])
+        assert sharded.to_local().shape[0] < w.shape[0]  # each rank holds a slice of the vocabulary
+        request = _Request(frozenset(ALL), {"top_k": 7})
+        request.compute(h, sharded, labels, 0.7)
+        want = token_stats_from_hidden(h, w, labels, ALL, temperature=0.7, top_k=7)
+        for name in ALL:
+            torch.testing.assert_close(request.stats[name], want[name], rtol=0, atol=0, msg=name)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_vocabulary_sharded_dtensor_head_gives_the_whole_heads_statistics():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_sharded_head_rank, args=(2, port), nprocs=2, join=True)

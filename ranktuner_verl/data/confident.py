@@ -23,7 +23,6 @@ from ranktuner_verl.data.prompts import to_messages
 from ranktuner_verl.data.tiny import build_tokenizer, qwen2_model
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "eval" / "math_oai.jsonl"
-END_OF_TURN = "<|im_end|>\n"  # what the ChatML template writes after the assistant's text
 
 
 @dataclass(frozen=True)
@@ -46,11 +45,13 @@ QUICK = ConfidentSettings(n_examples=16, max_tokens=128, vocab_size=512, hidden_
                           batch_size=4, lr=6e-3)
 
 
-def _tokenize(tokenizer, row: dict) -> tuple[list[int], list[int]]:
-    """(prompt ids, response ids) as the diagnostics read the row: chat template + solution + end of turn."""
-    prompt = tokenizer.apply_chat_template(row["messages"][:-1], tokenize=False, add_generation_prompt=True)
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    return encode(prompt), encode(row["messages"][-1]["content"]) + encode(END_OF_TURN)
+def _tokenize(tokenizer, conversation: dict) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) exactly as the diagnostics read the row (``tokenize_example``)."""
+    from ranktuner_verl.diagnostics.examples import Example, tokenize_example
+
+    messages = conversation["messages"]
+    tokenized = tokenize_example(tokenizer, Example(messages[:-1], messages[-1]["content"]))
+    return tokenized.prompt_ids, tokenized.response_ids
 
 
 def _train(model, pairs: list[tuple[list[int], list[int]]], settings: ConfidentSettings, pad_id: int,

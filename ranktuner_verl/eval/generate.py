@@ -83,8 +83,7 @@ def generate_completions(backend, problems: Sequence[Problem], out_dir: str | Pa
         missing = tuple(s for s in range(sampling.n) if (problem.id, s) not in done)
         if missing:
             prompt = prompts[problem.id]
-            limit = min(sampling.max_new_tokens, backend.context_length - len(prompt)) if backend.context_length \
-                else sampling.max_new_tokens
+            limit = new_token_limit(sampling.max_new_tokens, backend.context_length, len(prompt))
             todo.append(Request(problem.id, missing, prompt, problem_seed(sampling.seed, problem.id, missing[0]),
                                 limit))
     total = len(problems) * sampling.n
@@ -103,10 +102,15 @@ def generate_completions(backend, problems: Sequence[Problem], out_dir: str | Pa
     return [done[(p.id, s)] for p in problems for s in range(sampling.n)]
 
 
+def new_token_limit(max_new_tokens: int, context: int | None, prompt_length: int) -> int:
+    """The new tokens a prompt really gets: ``min(max_new_tokens, context - prompt length)`` (no context: no cap)."""
+    return min(max_new_tokens, context - prompt_length) if context else max_new_tokens
+
+
 def token_budget(max_new_tokens: int, context: int | None, prompt_lengths: Sequence[int]) -> dict:
-    """The new tokens each prompt really gets: ``min(max_new_tokens, context - prompt length)``; min, max and how
-    many prompts the context caps. A prompt that fills the context is an error."""
-    budgets = [min(max_new_tokens, context - n) if context else max_new_tokens for n in prompt_lengths]
+    """``new_token_limit`` over the prompts: min, max and how many prompts the context caps. A prompt that fills
+    the context is an error."""
+    budgets = [new_token_limit(max_new_tokens, context, n) for n in prompt_lengths]
     if min(budgets) < 1:
         longest = max(prompt_lengths)
         raise ValueError(f"a prompt of {longest} tokens leaves no room in the model's {context}-token context; "

@@ -51,76 +51,119 @@ def make_batch(vocab: int, batch: int, prompt_len: int, response_len: int, seed:
 
 def run_updates(model_path: str, **spec) -> dict:
     """Old log-probs, then ``steps`` actor updates; returns metrics, the recorded policy-loss inputs, parameters."""
-    _env_for_one_process()
     spec = {**DEFAULTS, **spec}
-    import verl  # noqa: F401  (loads the plugin: CPU platform, engine hook, policy-loss registration)
-    from verl import DataProto
     from verl.utils import tensordict_utils as tu
     from verl.utils.metric import Metric
-    from verl.utils.model import compute_position_id_with_mask
-    from verl.workers.config import ActorConfig, FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
-    from verl.workers.engine_workers import TrainingWorker, TrainingWorkerConfig
-    from verl.workers.utils.losses import ppo_loss
-    from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
 
-    from ranktuner_verl.integration.policy_loss import TokenWeightedPolicyLossConfig
-
-    model_config = HFModelConfig(path=model_path, use_remove_padding=spec["use_remove_padding"],
-                                 override_config={"attn_implementation": "sdpa"}, use_fused_kernels=spec["fused"],
-                                 fused_kernel_options={"impl_backend": "torch"})
-    engine_config = FSDPEngineConfig(
-        forward_only=False, strategy="fsdp2", ulysses_sequence_parallel_size=spec["ulysses"],
-        use_remove_padding=spec["use_remove_padding"], use_dynamic_bsz=False,
-        micro_batch_size_per_gpu=spec["micro_batch"], infer_micro_batch_size_per_gpu=spec["micro_batch"],
-        mixed_precision={"param_dtype": spec["param_dtype"], "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
-    )
-    worker = TrainingWorker(TrainingWorkerConfig(
-        model_type="language_model", model_config=model_config, engine_config=engine_config,
-        optimizer_config=FSDPOptimizerConfig(lr=spec["lr"], optimizer="SGD", weight_decay=0.0, clip_grad=1e6),
-        checkpoint_config=None))
-    worker.reset()
-
-    vocab = model_config.hf_config.vocab_size
-    input_ids, attention_mask, advantages = make_batch(vocab, spec["batch"], spec["prompt_len"],
-                                                       spec["response_len"], spec["seed"])
-    prompt_len = spec["prompt_len"]
-    fields = {"input_ids": input_ids, "attention_mask": attention_mask, "prompts": input_ids[:, :prompt_len],
-              "responses": input_ids[:, prompt_len:], "response_mask": attention_mask[:, prompt_len:],
-              "position_ids": compute_position_id_with_mask(attention_mask)}
-    meta = {"temperature": spec["temperature"], "global_token_num": attention_mask.sum(-1).tolist()}
-    data = left_right_2_no_padding(DataProto.from_single_dict(fields, meta_info={**meta, "compute_loss": False})
-                                   .to_tensordict())
-    inferred = worker.infer_batch(data)  # None on ranks that do not hold outputs (Ulysses ranks but the first)
-    old_log_probs = [None if inferred is None else no_padding_2_padding(tu.get(inferred, "log_probs"), data)]
-    if torch.distributed.get_world_size() > 1:
-        torch.distributed.broadcast_object_list(old_log_probs, src=0)
-    old_log_probs = old_log_probs[0]
-    # off-policy by a known amount, so that some ratios leave the clip range (clip fractions > 0)
-    old_log_probs = old_log_probs + spec["old_log_prob_noise"] * torch.randn(
-        old_log_probs.shape, generator=torch.Generator().manual_seed(spec["seed"] + 1))
-
-    actor_config = ActorConfig(
-        strategy="fsdp2", rollout_n=1, ppo_micro_batch_size_per_gpu=spec["micro_batch"], clip_ratio=0.2,
-        policy_loss=TokenWeightedPolicyLossConfig(loss_mode=spec["loss_mode"], token_weight=spec["token_weight"]))
-    worker.set_loss_fn(partial(ppo_loss, config=actor_config))
-    fields.update(old_log_probs=old_log_probs, advantages=advantages)
-    records, metrics, seconds, initial_params = [], [], [], _parameters(worker)
+    actor = _Actor(model_path, spec)
+    records, metrics, seconds, initial_params = [], [], [], _parameters(actor.worker)
     recording = _recording(records, spec["record_logits"]) if spec["record"] else nullcontext()
     with recording, _hook_removed(not spec["hook"]):
+        actor.use_loss(spec)
         for _ in range(spec["steps"]):
-            batch = left_right_2_no_padding(DataProto.from_single_dict(fields, meta_info=meta).to_tensordict())
-            tu.assign_non_tensor(batch, global_batch_size=spec["batch"])
-            started = time.perf_counter()
-            output = worker.train_batch(batch)
-            seconds.append(time.perf_counter() - started)
+            output, elapsed = actor.update()
+            seconds.append(elapsed)
             if output is not None:
                 metrics.append({key: Metric.aggregate_dp(value) if isinstance(value, list) and
                                 isinstance(value[0], Metric) else value
                                 for key, value in tu.get(output, "metrics").items()})
-    params = _parameters(worker)
-    return {"metrics": metrics, "seconds": seconds, "records": records, "params": params,
-            "initial_params": initial_params, "old_log_probs": old_log_probs, "input_ids": input_ids,
-            "attention_mask": attention_mask, "advantages": advantages}
+    return {"metrics": metrics, "seconds": seconds, "records": records, "params": _parameters(actor.worker),
+            "initial_params": initial_params, "old_log_probs": actor.fields["old_log_probs"],
+            "input_ids": actor.fields["input_ids"], "attention_mask": actor.fields["attention_mask"],
+            "advantages": actor.fields["advantages"]}
+
+
+def time_interleaved(model_path: str, variants: dict[str, dict], rounds: int, **spec) -> dict[str, list[float]]:
+    """Seconds of each actor update, the ``variants`` (name -> ``loss_mode`` / ``token_weight``) taking turns on one
+    worker and one batch for ``rounds`` rounds, so that a slow spell of the machine hits every variant alike."""
+    from verl.utils import tensordict_utils as tu
+
+    spec = {**DEFAULTS, **spec}
+    actor = _Actor(model_path, spec)
+    seconds = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, variant in variants.items():
+            variant = {**spec, **variant}
+            actor.use_loss(variant)
+            output, elapsed = actor.update()
+            if variant["loss_mode"] != "vanilla" and "actor/token_weight_mean" not in tu.get(output, "metrics"):
+                raise RuntimeError(f"variant {name!r}: the update logged no token weights; its loss did not run")
+            seconds[name].append(elapsed)
+    return seconds
+
+
+class _Actor:
+    """verl's actor ``TrainingWorker`` (FSDP2 engine) on a GRPO-like batch whose old log-probs it inferred."""
+
+    def __init__(self, model_path: str, spec: dict):
+        _env_for_one_process()
+        import verl  # noqa: F401  (loads the plugin: CPU platform, engine hook, policy-loss registration)
+        from verl import DataProto
+        from verl.utils import tensordict_utils as tu
+        from verl.utils.model import compute_position_id_with_mask
+        from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
+        from verl.workers.engine_workers import TrainingWorker, TrainingWorkerConfig
+        from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
+
+        model_config = HFModelConfig(path=model_path, use_remove_padding=spec["use_remove_padding"],
+                                     override_config={"attn_implementation": "sdpa"}, use_fused_kernels=spec["fused"],
+                                     fused_kernel_options={"impl_backend": "torch"})
+        engine_config = FSDPEngineConfig(
+            forward_only=False, strategy="fsdp2", ulysses_sequence_parallel_size=spec["ulysses"],
+            use_remove_padding=spec["use_remove_padding"], use_dynamic_bsz=False,
+            micro_batch_size_per_gpu=spec["micro_batch"], infer_micro_batch_size_per_gpu=spec["micro_batch"],
+            mixed_precision={"param_dtype": spec["param_dtype"], "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
+        )
+        self.worker = TrainingWorker(TrainingWorkerConfig(
+            model_type="language_model", model_config=model_config, engine_config=engine_config,
+            optimizer_config=FSDPOptimizerConfig(lr=spec["lr"], optimizer="SGD", weight_decay=0.0, clip_grad=1e6),
+            checkpoint_config=None))
+        self.worker.reset()
+
+        vocab = model_config.hf_config.vocab_size
+        input_ids, attention_mask, advantages = make_batch(vocab, spec["batch"], spec["prompt_len"],
+                                                           spec["response_len"], spec["seed"])
+        prompt_len = spec["prompt_len"]
+        self.fields = {"input_ids": input_ids, "attention_mask": attention_mask,
+                       "prompts": input_ids[:, :prompt_len], "responses": input_ids[:, prompt_len:],
+                       "response_mask": attention_mask[:, prompt_len:],
+                       "position_ids": compute_position_id_with_mask(attention_mask)}
+        self.meta = {"temperature": spec["temperature"], "global_token_num": attention_mask.sum(-1).tolist()}
+        data = left_right_2_no_padding(DataProto.from_single_dict(
+            self.fields, meta_info={**self.meta, "compute_loss": False}).to_tensordict())
+        inferred = self.worker.infer_batch(data)  # None on ranks that do not hold outputs (Ulysses ranks but the first)
+        old_log_probs = [None if inferred is None else no_padding_2_padding(tu.get(inferred, "log_probs"), data)]
+        if torch.distributed.get_world_size() > 1:
+            torch.distributed.broadcast_object_list(old_log_probs, src=0)
+        # off-policy by a known amount, so that some ratios leave the clip range (clip fractions > 0)
+        noise = spec["old_log_prob_noise"] * torch.randn(old_log_probs[0].shape,
+                                                         generator=torch.Generator().manual_seed(spec["seed"] + 1))
+        self.fields.update(old_log_probs=old_log_probs[0] + noise, advantages=advantages)
+        self.batch_size = spec["batch"]
+
+    def use_loss(self, spec: dict) -> None:
+        """verl's ``ppo_loss`` with ``spec``'s ``loss_mode`` and ``token_weight``, as the actor worker gets it."""
+        from verl.workers.config import ActorConfig
+        from verl.workers.utils.losses import ppo_loss
+
+        from ranktuner_verl.integration.policy_loss import TokenWeightedPolicyLossConfig
+
+        config = ActorConfig(
+            strategy="fsdp2", rollout_n=1, ppo_micro_batch_size_per_gpu=spec["micro_batch"], clip_ratio=0.2,
+            policy_loss=TokenWeightedPolicyLossConfig(loss_mode=spec["loss_mode"], token_weight=spec["token_weight"]))
+        self.worker.set_loss_fn(partial(ppo_loss, config=config))
+
+    def update(self):
+        """One ``train_batch``: (its output, its wall time in seconds)."""
+        from verl import DataProto
+        from verl.utils import tensordict_utils as tu
+        from verl.workers.utils.padding import left_right_2_no_padding
+
+        batch = left_right_2_no_padding(DataProto.from_single_dict(self.fields, meta_info=self.meta).to_tensordict())
+        tu.assign_non_tensor(batch, global_batch_size=self.batch_size)
+        started = time.perf_counter()
+        output = self.worker.train_batch(batch)
+        return output, time.perf_counter() - started
 
 
 def _parameters(worker) -> dict[str, torch.Tensor]:

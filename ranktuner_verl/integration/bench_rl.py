@@ -1,12 +1,12 @@
 """Actor update time of the token-weighted policy losses through verl's real actor worker on CPU, as a ratio to
 verl's ``vanilla`` in the same run.
 
-    python -m ranktuner_verl.integration.bench_rl [--vocab 151936] [--hidden 64] [--steps 4]
+    python -m ranktuner_verl.integration.bench_rl [--vocab 151936] [--hidden 64] [--steps 6]
 
 A tiny Qwen2 body (hidden 64, 2 layers) with a realistic vocabulary (Qwen's 151,936), so the loss head and our
-statistics dominate the update: the worst case for their overhead (``--hidden 896``: the head of Qwen2.5-0.5B). Each variant runs ``train_batch`` on the same
-GRPO-like batch (``actor_step``); the time is the median over the updates after the first. Targets (issue 9):
-ranktuner practical <= 1.15x, exact <= 1.4x.
+statistics dominate the update: the worst case for their overhead (``--hidden 896``: the head of Qwen2.5-0.5B).
+Each variant runs ``train_batch`` on the same GRPO-like batch on one actor worker, the variants taking turns update by update (``actor_step.time_interleaved``); the
+time is the median over its updates after the first. Targets (issue 9): ranktuner practical <= 1.15x, exact <= 1.4x.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", type=int, default=151936)
     parser.add_argument("--hidden", type=int, default=64, help="64: the head dominates (worst case); 896: Qwen2.5-0.5B")
-    parser.add_argument("--steps", type=int, default=4, help="updates per variant; the first is not timed")
+    parser.add_argument("--steps", type=int, default=6, help="updates per variant, taking turns; the first is not timed")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--prompt-len", type=int, default=64)
@@ -36,18 +36,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from ranktuner_verl.data.tiny import build_model
-    from ranktuner_verl.integration.actor_step import run_cases
+    from ranktuner_verl.integration.actor_step import time_interleaved
 
-    shape = dict(steps=args.steps, batch=args.batch, micro_batch=args.micro_batch, prompt_len=args.prompt_len,
-                 response_len=args.response_len, record=False, param_dtype="fp32")
+    shape = dict(batch=args.batch, micro_batch=args.micro_batch, prompt_len=args.prompt_len,
+                 response_len=args.response_len, param_dtype="fp32")
     with tempfile.TemporaryDirectory() as tmp:
         build_model(Path(tmp) / "model", vocab_size=args.vocab, hidden_size=args.hidden)
-        results = run_cases(str(Path(tmp) / "model"), {name: {**spec, **shape} for name, spec in VARIANTS.items()})
-    times = {}
-    for name, result in results.items():
-        if "error" in result:
-            raise RuntimeError(f"{name}: {result['traceback']}")
-        times[name] = statistics.median(result["seconds"][1:] or result["seconds"])
+        seconds = time_interleaved(str(Path(tmp) / "model"), VARIANTS, args.steps, **shape)
+    times = {name: statistics.median(values[1:] or values) for name, values in seconds.items()}
     tokens = args.batch * (args.prompt_len + args.response_len)
     print(f"actor update (train_batch), V={args.vocab}, hidden {args.hidden}, {args.batch} sequences <= {tokens} tokens, "
           f"micro-batch {args.micro_batch}, median of {max(args.steps - 1, 1)} updates")

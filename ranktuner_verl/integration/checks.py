@@ -241,8 +241,6 @@ def _token_counts(tokenizer, conversations: list, generation_prompt: bool, kwarg
 
 def main(argv: list[str] | None = None) -> int:
     """Compose the trainer's config from ``argv`` (Hydra overrides) and run every check; print the problem last."""
-    from hydra import compose, initialize_config_dir
-
     from ranktuner_verl.integration import trainer
 
     argv = sys.argv[1:] if argv is None else argv
@@ -251,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         check_loss_overrides(argv)
-        config_dir = os.path.join(os.path.dirname(trainer.__file__), trainer.CONFIG_DIR)
-        with initialize_config_dir(config_dir=config_dir, version_base=None):
-            config = compose(config_name=trainer.CONFIG_NAME, overrides=argv)
+        config = trainer.compose_config(argv)
         trainer.prepare(config)
     except Exception as error:  # Hydra's and ours: one line, last
         print(f"error: {error}", file=sys.stderr)

@@ -53,13 +53,9 @@ def resolve_overrides(argv: list[str], cwd: str) -> list[str]:
 
 def default_checkpoint_dir(argv: list[str]) -> str:
     """verl's default ``trainer.default_local_dir`` for these overrides (relative)."""
-    from hydra import compose, initialize_config_dir
-
     from ranktuner_verl.integration import trainer
 
-    config_dir = os.path.join(os.path.dirname(trainer.__file__), trainer.CONFIG_DIR)
-    with initialize_config_dir(config_dir=config_dir, version_base=None):
-        return str(compose(config_name=trainer.CONFIG_NAME, overrides=argv).trainer.default_local_dir)
+    return str(trainer.compose_config(argv).trainer.default_local_dir)
 
 
 def refuse_relative_paths(config: DictConfig, nodes: int) -> None:

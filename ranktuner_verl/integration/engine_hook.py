@@ -127,7 +127,7 @@ def compute_stats(engine, output, output_args, micro_batch, request: StatsReques
     """
     from verl.utils import tensordict_utils as tu
 
-    from ranktuner_verl.stats import default_chunk_rows, token_stats
+    from ranktuner_verl.stats import token_stats
 
     names = sorted(request.engine_stat_names)  # sorted: the Ulysses gather is a collective, same order on each rank
     use_remove_padding = tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True)
@@ -166,15 +166,9 @@ def compute_stats(engine, output, output_args, micro_batch, request: StatsReques
         temperature = temperature[out_rows]
 
     values = {name: torch.full((n_out,), float("nan"), device=logits.device) for name in names}
-    kwargs = dict(request.stat_kwargs)
-    step = kwargs.pop("chunk_rows", None) or default_chunk_rows(vocab, logits.device)
-    for start in range(0, out_rows.numel(), step):  # token_stats: autocast off, fp32 statistics
-        part = slice(start, start + step)
-        chunk_temperature = None if temperature is None else temperature[part]
-        chunk_stats = token_stats(_rows(logits, logit_rows[part]), labels[part], names, chunk_rows=step,
-                                  temperature=chunk_temperature, **kwargs)
-        for name in names:
-            values[name][out_rows[part]] = chunk_stats[name]
+    for name, value in token_stats(logits, labels, names, rows=logit_rows, temperature=temperature,
+                                   **request.stat_kwargs).items():  # autocast off, fp32 statistics
+        values[name][out_rows] = value
 
     return _as_jagged(engine, values, names, output_args, cu_seqlens, use_remove_padding)
 
@@ -195,14 +189,6 @@ def _fused(micro_batch) -> bool:
     from verl.utils import tensordict_utils as tu
 
     return bool(tu.get_non_tensor_data(data=micro_batch, key="use_fused_kernels", default=False))
-
-
-def _rows(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``logits[rows]``: a view when the rows are consecutive (the common case), else a chunk-sized copy."""
-    first, last = int(rows[0]), int(rows[-1])
-    if last - first + 1 == rows.numel():
-        return logits[first : last + 1]
-    return logits.index_select(0, rows)
 
 
 def _sequence_and_position(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,6 +18,7 @@ from ranktuner_verl.integration.engine_hook import stat_key
 NLL_SUM, WEIGHTED_SUM, TOKENS, WEIGHTS, SCALES = (
     "ranktuner/nll_sum", "ranktuner/weighted_nll_sum", "ranktuner/tokens", "ranktuner/weights", "ranktuner/scales",
 )
+SUPERVISED_TOKENS = "train/supervised_tokens"  # the step's token count, logged by ``reduce_step_metrics``
 NEAR_ONE = 0.05  # |S_t - 1| < 0.05: tokens RankTuner leaves at their base weight
 
 
@@ -95,10 +96,12 @@ def reduce_step_metrics(metrics: dict) -> dict:
     if TOKENS not in metrics:
         return metrics
     raw = {key: _flatten(metrics.pop(key)) for key in (NLL_SUM, WEIGHTED_SUM, TOKENS, WEIGHTS, SCALES) if key in metrics}
-    tokens = max(sum(raw[TOKENS]), 1)
+    supervised = sum(raw[TOKENS])
+    tokens = max(supervised, 1)
     weights = torch.cat(raw[WEIGHTS]).double()
     quantiles = torch.quantile(weights, torch.tensor([0.1, 0.5, 0.9], dtype=torch.double)).tolist() if len(weights) else [0.0] * 3
     reduced = {
+        SUPERVISED_TOKENS: supervised,
         "train/weighted_loss": sum(raw[WEIGHTED_SUM]) / tokens,
         "train/nll": sum(raw[NLL_SUM]) / tokens,
         "train/weight_mean": weights.mean().item() if len(weights) else 0.0,
@@ -111,6 +114,13 @@ def reduce_step_metrics(metrics: dict) -> dict:
         reduced["train/s_near_one"] = ((scales - 1).abs() < NEAR_ONE).double().mean().item() if len(scales) else 0.0
     metrics.update(reduced)
     return metrics
+
+
+def take_nll_sums(metrics: dict) -> tuple[float, int]:
+    """Remove the micro-batch NLL sums and token counts from ``metrics`` (validation); (0.0, 0) when absent."""
+    if TOKENS not in metrics:
+        return 0.0, 0
+    return sum(_flatten(metrics.pop(NLL_SUM))), sum(_flatten(metrics.pop(TOKENS)))
 
 
 def _flatten(value) -> list:

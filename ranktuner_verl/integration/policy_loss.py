@@ -14,6 +14,7 @@ own parameters), validated when the actor config is built (``TokenWeightedPolicy
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,8 +96,18 @@ def parse_options(loss_mode: str, token_weight: dict | None) -> TokenWeightOptio
 
 
 def options_of(policy_loss) -> TokenWeightOptions:
-    """The options of a built ``PolicyLossConfig`` (ours has ``token_weight``; verl's own means all defaults)."""
-    return parse_options(policy_loss.loss_mode, getattr(policy_loss, "token_weight", None))
+    """The options of a built ``PolicyLossConfig`` (ours has ``token_weight``; verl's own means all defaults), parsed
+    once per distinct setting: the engine hook and the loss ask for them every micro-batch."""
+    given = dict(getattr(policy_loss, "token_weight", None) or {})
+    try:
+        return _parsed_options(policy_loss.loss_mode, tuple(sorted(given.items())))
+    except TypeError:  # an unhashable value: parse_options names the problem
+        return parse_options(policy_loss.loss_mode, given)
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_options(loss_mode: str, token_weight: tuple) -> TokenWeightOptions:
+    return parse_options(loss_mode, dict(token_weight))
 
 
 @dataclass

@@ -78,19 +78,11 @@ def tiny_overrides(model_dir: Path, train_file: Path, out_dir: Path, *, steps: i
 def build_trainer(overrides: list[str]):
     """Our trainer (``RankTunerSFTTrainer``: verl's dataset, FSDP engine and training worker) built in this process from
     our Hydra config with ``overrides``, after the start-up checks. Needs a torchrun environment (one rank is enough)."""
-    from hydra import compose, initialize_config_dir
-    from verl.utils.device import auto_set_device
-    from verl.utils.distributed import initialize_global_process_group
-
     from ranktuner_verl.integration import trainer
 
-    with initialize_config_dir(config_dir=str(Path(trainer.__file__).parent / trainer.CONFIG_DIR), version_base=None):
-        config = compose(config_name=trainer.CONFIG_NAME, overrides=overrides)
+    config = trainer.compose_config(overrides)
     trainer.prepare(config)
-    trainer.apply_cpu_defaults(config)
-    auto_set_device(config)
-    initialize_global_process_group()
-    return trainer.RankTunerSFTTrainer(config=config)
+    return trainer.build(config)
 
 
 def step_data(trainer, batch: dict, **meta):

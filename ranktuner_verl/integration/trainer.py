@@ -21,13 +21,22 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ranktuner_verl.integration import checks, platform_cpu, plugin
 from ranktuner_verl.integration.checkpoint_guard import GuardedCheckpoints, finished_before_loading, finished_message
-from ranktuner_verl.integration.loss import NLL_SUM, TOKENS, WeightedSFTLoss, _flatten, reduce_step_metrics
+from ranktuner_verl.integration.loss import SUPERVISED_TOKENS, WeightedSFTLoss, reduce_step_metrics, take_nll_sums
 
 from verl.trainer import sft_trainer as verl_sft_trainer  # noqa: E402  (after the plugin)
 from verl.trainer.sft_trainer import SFTTrainer  # noqa: E402  (after the plugin: it must see the CPU platform)
 
 CONFIG_DIR = "configs"
 CONFIG_NAME = "sft"
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """Our SFT config (``configs/sft.yaml``) with Hydra ``overrides``, as ``python -m ...trainer`` would compose it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=os.path.join(os.path.dirname(__file__), CONFIG_DIR), version_base=None):
+        return compose(config_name=CONFIG_NAME, overrides=overrides)
+
 def build_loss(config: DictConfig) -> WeightedSFTLoss:
     """The loss named by ``config.loss`` (``name`` plus the method's parameters); ValueError on bad input."""
     params = OmegaConf.to_container(config.loss, resolve=True)
@@ -107,10 +116,9 @@ class ValidationNLL:
         if output is not None:
             from verl.utils import tensordict_utils as tu
 
-            metrics = tu.get(output, "metrics")
-            if TOKENS in metrics:
-                self.nll_sum += sum(_flatten(metrics.pop(NLL_SUM)))
-                self.tokens += sum(_flatten(metrics.pop(TOKENS)))
+            nll_sum, tokens = take_nll_sums(tu.get(output, "metrics"))
+            self.nll_sum += nll_sum
+            self.tokens += tokens
         return output
 
     def take(self) -> float | None:
@@ -162,27 +170,33 @@ class StepMetricsClient:
 
 
 def with_reduced_metrics(output, started: float):
-    """Reduce our micro-batch metrics in ``output``; add ``perf/step_time_s`` (wall time of the train step) and
-    ``train/supervised_tokens``, and warn when a step had none (its loss is 0/0: it trained on nothing)."""
+    """Reduce our micro-batch metrics in ``output`` (``reduce_step_metrics``); add ``perf/step_time_s`` (wall time of
+    the train step), and warn when a step had none (its loss is 0/0: it trained on nothing)."""
     if output is not None:
         from verl.utils import tensordict_utils as tu
 
-        metrics = tu.get(output, "metrics")
-        tokens = sum(_flatten(metrics[TOKENS])) if TOKENS in metrics else None
-        reduce_step_metrics(metrics)
+        metrics = reduce_step_metrics(tu.get(output, "metrics"))
         metrics["perf/step_time_s"] = time.perf_counter() - started
-        if tokens is not None:
-            metrics["train/supervised_tokens"] = tokens
-            if tokens == 0:
-                print("WARNING: a training step had no supervised token (every response in the batch was truncated "
-                      "away or masked): it trained on nothing and verl logs train/loss nan. Raise data.max_length "
-                      "or drop the rows the start-up checks named.", file=sys.stderr, flush=True)
+        if metrics.get(SUPERVISED_TOKENS) == 0:
+            print("WARNING: a training step had no supervised token (every response in the batch was truncated "
+                  "away or masked): it trained on nothing and verl logs train/loss nan. Raise data.max_length "
+                  "or drop the rows the start-up checks named.", file=sys.stderr, flush=True)
     return output
 
 
-def run(config: DictConfig) -> None:
+def build(config: DictConfig) -> RankTunerSFTTrainer:
+    """The trainer of a ``prepare``d config, in this torchrun process (one rank is enough)."""
     from verl.utils.device import auto_set_device
-    from verl.utils.distributed import destroy_global_process_group, initialize_global_process_group
+    from verl.utils.distributed import initialize_global_process_group
+
+    apply_cpu_defaults(config)
+    auto_set_device(config)
+    initialize_global_process_group()
+    return RankTunerSFTTrainer(config=config)
+
+
+def run(config: DictConfig) -> None:
+    from verl.utils.distributed import destroy_global_process_group
 
     prepare(config)
     finished = finished_before_loading(config)
@@ -190,10 +204,7 @@ def run(config: DictConfig) -> None:
         if os.environ.get("RANK", "0") == "0":
             print(finished, flush=True)
         return
-    apply_cpu_defaults(config)
-    auto_set_device(config)
-    initialize_global_process_group()
-    RankTunerSFTTrainer(config=config).fit()
+    build(config).fit()
     destroy_global_process_group()
 
 

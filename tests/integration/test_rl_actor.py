@@ -208,3 +208,17 @@ def test_high_entropy_mask_keeps_the_top_rho_quantile(results):
         assert set(weights.unique().tolist()) <= {0.0, 1.0}
         assert weights.mean().item() == pytest.approx(0.25, abs=1.5 / mask.sum().item())
         assert entropy[weights == 1].min() >= entropy[weights == 0].max()
+
+
+def test_interleaved_timing_runs_each_variants_own_loss_in_turn(tiny, tmp_path):
+    # bench_rl's timing loop: one worker, the loss switched before every update (it raises if a weighted variant's
+    # update logged no token weights, i.e. ran another loss)
+    code = ("import json, sys; from ranktuner_verl.integration.actor_step import time_interleaved; "
+            "print(json.dumps(time_interleaved(sys.argv[1], {'vanilla': {}, 'exact': {'loss_mode': 'ranktuner', "
+            "'token_weight': {'form': 'exact'}}, 'mask': {'loss_mode': 'high_entropy'}}, rounds=2)))")
+    result = subprocess.run([sys.executable, "-c", code, str(tiny / "model")], capture_output=True, text=True,
+                            timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    seconds = json.loads(result.stdout.strip().splitlines()[-1])
+    assert list(seconds) == ["vanilla", "exact", "mask"]
+    assert all(len(values) == 2 and min(values) > 0 for values in seconds.values())
