@@ -109,7 +109,7 @@ def token_stats(
         return {name: torch.empty(n, dtype=torch.float32, device=logits.device) for name in needs}
     step = min(chunk_rows or default_chunk_rows(vocab, logits.device), n)
     sums = _RowSums(n, needs, logits.device)
-    work = _Workspace(step, vocab, logits.device)
+    work = _Workspace(vocab, logits.device)
     labels = labels.long()
     with autocast_off(logits.device):
         for start in range(0, n, step):
@@ -142,13 +142,15 @@ class _Workspace:
     chunk-sized tensor per operation costs more than the arithmetic on it (new pages), and on an accelerator the
     caching allocator is spared the churn."""
 
-    def __init__(self, rows: int, vocab: int, device: torch.device):
-        self.shape, self.device, self._buffers = (rows, vocab), device, {}
+    def __init__(self, vocab: int, device: torch.device):
+        self.vocab, self.device, self._buffers = vocab, device, {}
 
-    def take(self, name: str, rows: int) -> torch.Tensor:
+    def take(self, name: str, rows: int, dtype: torch.dtype = torch.float32, width: int | None = None) -> torch.Tensor:
+        """Buffer ``name`` as [rows, width or V] of ``dtype`` (both fixed at its first use); made again only if more
+        rows are asked for than it has (chunks come largest first)."""
         buffer = self._buffers.get(name)
-        if buffer is None:
-            buffer = self._buffers[name] = torch.empty(self.shape, dtype=torch.float32, device=self.device)
+        if buffer is None or buffer.shape[0] < rows:
+            buffer = self._buffers[name] = torch.empty((rows, width or self.vocab), dtype=dtype, device=self.device)
         return buffer[:rows]
 
 
@@ -229,7 +231,10 @@ def _reduce_chunk(logits: torch.Tensor, labels: torch.Tensor, needs: frozenset[s
             torch.sum(torch.mul(e, other, out=work.take("scratch", rows)), 1, out=sums[name])
     if "expected_rank" in sums:
         probs = e.div_(total[:, None])
-        value = _expected_rank_of_sorted(probs) if z.shape[1] <= _SORT_MAX_VOCAB else expected_rank_binned(shifted, probs)
+        if z.shape[1] <= _SORT_MAX_VOCAB:
+            value = _expected_rank_of_sorted(probs)
+        else:
+            value = expected_rank_binned(shifted, probs, work=work)
         sums["expected_rank"].copy_(value)
 
 
@@ -251,7 +256,7 @@ def entropy_of_logits(z: torch.Tensor) -> torch.Tensor:
 
 
 def expected_rank_binned(shifted_logits: torch.Tensor, probs: torch.Tensor,
-                         bin_width: float = EXPECTED_RANK_BIN_WIDTH) -> torch.Tensor:
+                         bin_width: float = EXPECTED_RANK_BIN_WIDTH, work: _Workspace | None = None) -> torch.Tensor:
     """E[R] = sum_i i * pi_(i) (Yu et al., arXiv 2602.01745) without a sort, from a histogram of log-probabilities.
 
     Tokens are put in bins of width ``delta`` = ``bin_width`` of ``z - max z`` (bin 0 = most likely). A bin of m tokens
@@ -263,12 +268,14 @@ def expected_rank_binned(shifted_logits: torch.Tensor, probs: torch.Tensor,
     ``bincount`` is not deterministic on CUDA); the two agree to 1e-12.
 
     ``shifted_logits`` = z - max z (<= 0, finite), ``probs`` = softmax(z); both [rows, V]. Returns fp32 [rows].
+    ``work``: ``token_stats``'s buffers (its ``scratch`` is free by then); else made here.
     """
     rows, vocab = probs.shape
     n_bins = int((2.0 * math.log(vocab) + 10.0) / bin_width) + 1
     # a few rows at a time, so that the bincount tables (random access) stay in a CPU's L2 cache
-    group = max(1, _for_device(_HISTOGRAM_ELEMENTS, probs.device) // n_bins)
-    parts = [_expected_rank_of_bins(shifted_logits[i : i + group], probs[i : i + group], bin_width, n_bins)
+    group = min(rows, max(1, _for_device(_HISTOGRAM_ELEMENTS, probs.device) // n_bins))
+    work = work or _Workspace(vocab, probs.device)
+    parts = [_expected_rank_of_bins(shifted_logits[i : i + group], probs[i : i + group], bin_width, n_bins, work)
              for i in range(0, rows, group)]
     return torch.cat(parts) if parts else probs.new_zeros(0)
 
@@ -286,23 +293,26 @@ def expected_rank_error_bound(exact: torch.Tensor, vocab_size: int) -> torch.Ten
 _FIXED_POINT = 2.0**60
 
 
-def _expected_rank_of_bins(shifted_logits, probs, bin_width, n_bins):
+def _expected_rank_of_bins(shifted_logits, probs, bin_width, n_bins, work: _Workspace):
     rows = probs.shape[0]
-    # int32 keys (rows * n_bins < 2^31): bincount runs ~1.7x faster on them than on int64 on a CPU
-    key = torch.mul(shifted_logits, -1.0 / bin_width).clamp_(max=n_bins - 1).to(torch.int32)
-    key += torch.arange(rows, dtype=torch.int32, device=key.device)[:, None] * n_bins
+    # int32 keys (rows * n_bins < 2^31): bincount runs ~1.7x faster on them than on int64 on a CPU; the float key is
+    # >= 0, so the conversion's truncation is its floor
+    key_float = torch.mul(shifted_logits, -1.0 / bin_width, out=work.take("scratch", rows)).clamp_(max=n_bins - 1)
+    key = work.take("bin_key", rows, torch.int32).copy_(key_float)
+    if rows > 1:
+        key += torch.arange(rows, dtype=torch.int32, device=key.device)[:, None] * n_bins
     key = key.view(-1)
     count = torch.bincount(key, minlength=rows * n_bins).view(rows, n_bins)  # int64: exact, deterministic
-    weights = probs.reshape(-1).double()
+    weights = work.take("bin_weight", rows, torch.float64).copy_(probs).view(-1)
     if torch.are_deterministic_algorithms_enabled():
         mass = _fixed_point_bin_masses(key, weights, rows * n_bins)
     else:
         mass = torch.bincount(key, weights=weights, minlength=rows * n_bins)
     # sum_b mass_b * (C_b + (m_b + 1)/2) = sum_b mass_b * (cumsum(m)_b - m_b/2 + 1/2); counts are exact in fp64
-    count = count.double()
-    mass = mass.view(rows, n_bins)
-    position = count.cumsum(1).sub_(count, alpha=0.5).add_(0.5)
-    return torch.linalg.vecdot(mass, position).float()
+    count = work.take("bin_count", rows, torch.float64, n_bins).copy_(count)
+    position = torch.cumsum(count, 1, out=work.take("bin_position", rows, torch.float64, n_bins))
+    position.sub_(count, alpha=0.5).add_(0.5)
+    return position.mul_(mass.view(rows, n_bins)).sum(1).float()
 
 
 def _fixed_point_bin_masses(key: torch.Tensor, weights: torch.Tensor, size: int) -> torch.Tensor:

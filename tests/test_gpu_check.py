@@ -1,7 +1,5 @@
 """The GPU check (python -m ranktuner_verl.gpu_check), run on a CPU at a small size through the same code path."""
 
-import contextlib
-
 import pytest
 import torch
 
@@ -33,9 +31,13 @@ def test_cost_table_has_every_method(capsys):
         assert f"| {label}: weights |" in out and f"| {label}: weighted loss |" in out
 
 
-def test_fails_when_the_statistics_run_under_autocast(capsys, monkeypatch):
-    """The check sees the bf16-autocast error it exists for: with autocast left on, entropy etc. leave their bound."""
-    monkeypatch.setattr(ranktuner_verl.stats, "autocast_off", lambda device: contextlib.nullcontext())
+def test_fails_when_the_statistics_lose_precision(capsys, monkeypatch):
+    """The check sees the error it exists for: statistics computed from logits rounded to bf16 (a downcast on the way,
+    as a bf16 autocast would make) leave their bound. (Autocast left on alone no longer does it: no operation of the
+    statistics is one that autocast lowers.)"""
+    reduce_chunk = ranktuner_verl.stats._reduce_chunk
+    monkeypatch.setattr(ranktuner_verl.stats, "_reduce_chunk",
+                        lambda logits, *args: reduce_chunk(logits.bfloat16().float(), *args))
     assert gpu_check.main(SMALL + ["--no-cost"]) == 1
     out = capsys.readouterr().out
     assert "accuracy: FAILED" in out and "| statistic entropy | float32 |" in out
