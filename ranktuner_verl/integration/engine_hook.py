@@ -140,7 +140,11 @@ def compute_stats(engine, output, output_args, micro_batch, request: StatsReques
     logits = full_tensor(output.logits)
     vocab = logits.shape[-1]
     logits = logits.reshape(-1, vocab)  # a view: (total_nnz / sp + pad) rows, or bsz * max_len (right-padded)
-    wanted = _wanted_tokens(micro_batch, cu_seqlens, getattr(request, "response_only", False))
+    response_only = getattr(request, "response_only", False)
+    # each jagged token's sequence and position: for the response rows, and for the padded layout
+    seq_position = (_sequence_and_position(cu_seqlens.to(logits.device))
+                    if response_only or not use_remove_padding else None)
+    wanted = _wanted_tokens(micro_batch, *seq_position) if response_only else None
 
     if use_remove_padding:  # this rank's rows of the packed sequence (Ulysses shard + tail padding)
         n_out = logits.shape[0]
@@ -155,7 +159,7 @@ def compute_stats(engine, output, output_args, micro_batch, request: StatsReques
         temperature = output_args["temperature_rmpad"].reshape(-1) if scaled else None
     else:  # right-padded (bsz, max_len, V); no Ulysses on this path (verl's own rule)
         n_out = labels.numel()
-        seq, position = _sequence_and_position(cu_seqlens.to(logits.device))
+        seq, position = seq_position
         out_rows = torch.arange(n_out, device=logits.device)
         if wanted is not None:
             out_rows = out_rows[wanted]
@@ -198,11 +202,10 @@ def _sequence_and_position(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torc
     return seq, torch.arange(seq.numel(), device=cu_seqlens.device) - cu_seqlens[:-1][seq]
 
 
-def _wanted_tokens(micro_batch, cu_seqlens, response_only: bool) -> torch.Tensor | None:
-    """Bool [total_nnz] over the jagged tokens: the positions whose log-prob scores a response token (the rows
-    verl's ``no_padding_2_padding`` keeps: prompt_len - 1 up to prompt_len + response_len - 1), or None for all."""
-    if not response_only:
-        return None
+def _wanted_tokens(micro_batch, seq: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """Bool [total_nnz] over the jagged tokens (``seq``, ``position``: ``_sequence_and_position``): the positions
+    whose log-prob scores a response token (the rows verl's ``no_padding_2_padding`` keeps: prompt_len - 1 up to
+    prompt_len + response_len - 1)."""
     prompts = micro_batch["prompts"]
     if prompts.is_nested:
         prompt_lens, response_lens = prompts.offsets().diff(), micro_batch["responses"].offsets().diff()
@@ -210,7 +213,6 @@ def _wanted_tokens(micro_batch, cu_seqlens, response_only: bool) -> torch.Tensor
         attention_mask = micro_batch["attention_mask"]
         prompt_lens = attention_mask[:, : prompts.shape[1]].sum(1)
         response_lens = attention_mask[:, prompts.shape[1] :].sum(1)
-    seq, position = _sequence_and_position(cu_seqlens)
     first = prompt_lens.to(seq.device)[seq] - 1  # log_prob at position i scores token i + 1
     return (position >= first) & (position < first + response_lens.to(seq.device)[seq])
 

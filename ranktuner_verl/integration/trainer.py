@@ -37,6 +37,7 @@ def compose_config(overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=os.path.join(os.path.dirname(__file__), CONFIG_DIR), version_base=None):
         return compose(config_name=CONFIG_NAME, overrides=overrides)
 
+
 def build_loss(config: DictConfig) -> WeightedSFTLoss:
     """The loss named by ``config.loss`` (``name`` plus the method's parameters); ValueError on bad input."""
     params = OmegaConf.to_container(config.loss, resolve=True)
@@ -171,7 +172,7 @@ class StepMetricsClient:
 
 def with_reduced_metrics(output, started: float):
     """Reduce our micro-batch metrics in ``output`` (``reduce_step_metrics``); add ``perf/step_time_s`` (wall time of
-    the train step), and warn when a step had none (its loss is 0/0: it trained on nothing)."""
+    the train step), and warn when the step had no supervised token (its loss is 0/0: it trained on nothing)."""
     if output is not None:
         from verl.utils import tensordict_utils as tu
 
