@@ -46,8 +46,10 @@ _HISTOGRAM_ELEMENTS = (1 << 16, 1 << 25)
 _CHUNK_ELEMENTS = (1 << 18, 1 << 26)
 
 
-def _for_device(sizes: tuple[int, int], device: torch.device | str | None) -> int:
-    return sizes[0] if device is None or torch.device(device).type == "cpu" else sizes[1]
+def rows_per_chunk(sizes: tuple[int, int], width: int, device: torch.device | str | None) -> int:
+    """Rows of ``width`` elements in one work piece of ``sizes`` = (CPU, accelerator) elements; at least one."""
+    elements = sizes[0] if device is None or torch.device(device).type == "cpu" else sizes[1]
+    return max(1, elements // max(width, 1))
 
 
 def autocast_off(device: torch.device | str) -> contextlib.AbstractContextManager:
@@ -72,7 +74,7 @@ def checked_needs(needs: Iterable[str]) -> frozenset[str]:
 
 def default_chunk_rows(vocab_size: int, device: torch.device | str | None = None) -> int:
     """Rows of logits per chunk: extra memory is a few [rows, V] fp32 temporaries."""
-    return max(1, _for_device(_CHUNK_ELEMENTS, device) // max(vocab_size, 1))
+    return rows_per_chunk(_CHUNK_ELEMENTS, vocab_size, device)
 
 
 @torch.no_grad()
@@ -273,7 +275,7 @@ def expected_rank_binned(shifted_logits: torch.Tensor, probs: torch.Tensor,
     rows, vocab = probs.shape
     n_bins = int((2.0 * math.log(vocab) + 10.0) / bin_width) + 1
     # a few rows at a time, so that the bincount tables (random access) stay in a CPU's L2 cache
-    group = min(rows, max(1, _for_device(_HISTOGRAM_ELEMENTS, probs.device) // n_bins))
+    group = min(rows, rows_per_chunk(_HISTOGRAM_ELEMENTS, n_bins, probs.device))
     work = work or _Workspace(vocab, probs.device)
     parts = [_expected_rank_of_bins(shifted_logits[i : i + group], probs[i : i + group], bin_width, n_bins, work)
              for i in range(0, rows, group)]

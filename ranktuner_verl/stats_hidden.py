@@ -17,7 +17,7 @@ from typing import Iterable
 
 import torch
 
-from ranktuner_verl.stats import _for_device, checked_needs, token_stats
+from ranktuner_verl.stats import checked_needs, rows_per_chunk, token_stats
 
 #: Logits per chunk (rows * V), (CPU, accelerator): 64 MiB / 256 MiB of fp32. Fewer rows than verl's fused kernel
 #: (512 rows per chunk, several fp32 [rows, V] temporaries each), so the statistics never raise the peak above the
@@ -28,7 +28,7 @@ _HIDDEN_CHUNK_ELEMENTS = (1 << 24, 1 << 26)
 
 def default_hidden_chunk_rows(vocab_size: int, device: torch.device | str | None = None) -> int:
     """Rows of hidden states per chunk: the chunk's logits [rows, V] are the only large temporary."""
-    return max(1, _for_device(_HIDDEN_CHUNK_ELEMENTS, device) // max(vocab_size, 1))
+    return rows_per_chunk(_HIDDEN_CHUNK_ELEMENTS, vocab_size, device)
 
 
 @torch.no_grad()

@@ -5,8 +5,9 @@ verl's ``vanilla`` in the same run.
 
 A tiny Qwen2 body (hidden 64, 2 layers) with a realistic vocabulary (Qwen's 151,936), so the loss head and our
 statistics dominate the update: the worst case for their overhead (``--hidden 896``: the head of Qwen2.5-0.5B).
-Each variant runs ``train_batch`` on the same GRPO-like batch on one actor worker, the variants taking turns update by update (``actor_step.time_interleaved``); the
-time is the median over its updates after the first. Targets (issue 9): ranktuner practical <= 1.15x, exact <= 1.4x.
+Each variant runs ``train_batch`` on the same GRPO-like batch on one actor worker, the variants taking turns update by
+update (``actor_step.time_interleaved``); the time is the median over its updates after the first. Targets (issue 9):
+ranktuner practical <= 1.15x, exact <= 1.4x.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def main(argv=None) -> None:
         seconds = time_interleaved(str(Path(tmp) / "model"), VARIANTS, args.steps, **shape)
     times = {name: statistics.median(values[1:] or values) for name, values in seconds.items()}
     tokens = args.batch * (args.prompt_len + args.response_len)
-    print(f"actor update (train_batch), V={args.vocab}, hidden {args.hidden}, {args.batch} sequences <= {tokens} tokens, "
-          f"micro-batch {args.micro_batch}, median of {max(args.steps - 1, 1)} updates")
+    print(f"actor update (train_batch), V={args.vocab}, hidden {args.hidden}, {args.batch} sequences <= {tokens} "
+          f"tokens, micro-batch {args.micro_batch}, median of {max(args.steps - 1, 1)} updates")
     for name, seconds in times.items():
         ratio = seconds / times["vanilla"]
         target = f"  (target <= {TARGETS[name]}x)" if name in TARGETS else ""
