@@ -212,7 +212,7 @@ def _reduce_chunk(logits: torch.Tensor, labels: torch.Tensor, needs: frozenset[s
     if "z_label" in sums:
         sums["z_label"].copy_(z_label.squeeze(1))
     if "below" in sums:
-        # |{v : z_label - z(v) > 0}| as a fp32 sum of 0/1 (sign, then clamp at 0): exact below 2^24 tokens, and ~3x
+        # |{v : z_label - z(v) > 0}| as a fp32 sum of 0/1 (sign, then clamp at 0): exact below 2^24 tokens, and
         # faster on a CPU than a comparison (its bool output is not vectorised). Compared on logits: the order of
         # the probabilities, without their underflow ties. A -inf label is moved to the lowest float (no -inf - -inf).
         floor = torch.finfo(torch.float32).min
@@ -242,7 +242,7 @@ def _reduce_chunk(logits: torch.Tensor, labels: torch.Tensor, needs: frozenset[s
 
 def _top_values(z: torch.Tensor, k: int) -> torch.Tensor:
     """The k largest values of each row, in any order: the top k of the top k of each half of the row, so that a
-    one-row chunk's topk runs on two threads (torch parallelises it over rows); 2x faster at V = 151,936 on a CPU."""
+    one-row chunk's topk runs on two threads (torch parallelises it over rows)."""
     rows, vocab = z.shape
     k = min(k, vocab)
     if vocab % 2 or vocab < 4 * k:
@@ -297,7 +297,7 @@ _FIXED_POINT = 2.0**60
 
 def _expected_rank_of_bins(shifted_logits, probs, bin_width, n_bins, work: _Workspace):
     rows = probs.shape[0]
-    # int32 keys (rows * n_bins < 2^31): bincount runs ~1.7x faster on them than on int64 on a CPU; the float key is
+    # int32 keys (rows * n_bins < 2^31): bincount runs faster on them than on int64 on a CPU; the float key is
     # >= 0, so the conversion's truncation is its floor
     key_float = torch.mul(shifted_logits, -1.0 / bin_width, out=work.take("scratch", rows)).clamp_(max=n_bins - 1)
     key = work.take("bin_key", rows, torch.int32).copy_(key_float)
