@@ -222,3 +222,13 @@ def test_interleaved_timing_runs_each_variants_own_loss_in_turn(tiny, tmp_path):
     seconds = json.loads(result.stdout.strip().splitlines()[-1])
     assert list(seconds) == ["vanilla", "exact", "mask"]
     assert all(len(values) == 2 and min(values) > 0 for values in seconds.values())
+
+
+def test_bench_ratio_pairs_each_update_with_the_same_rounds_vanilla():
+    # per round: weighted / vanilla of that round, then the median; the first round (warm-up, 9x here) is left out.
+    # Round 2 is a slow spell for both; a ratio of medians would take 1.2 from round 1's weighted over round 3's vanilla.
+    from ranktuner_verl.integration.bench_rl import paired_ratio
+
+    seconds = {"vanilla": [1.0, 1.0, 3.0, 1.0], "weighted": [9.0, 1.2, 3.3, 1.1]}
+    assert paired_ratio(seconds, "weighted") == pytest.approx(1.1)
+    assert paired_ratio(seconds, "vanilla") == 1.0
