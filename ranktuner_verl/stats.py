@@ -234,7 +234,7 @@ def _reduce_chunk(logits: torch.Tensor, labels: torch.Tensor, needs: frozenset[s
     if "e_dot_shift" in sums:  # exp(-1e4) == 0 in fp32, so exact; and a -inf logit cannot make 0 * -inf = nan
         shifted.clamp_(min=_LOGIT_FLOOR)
     e = torch.exp(shifted, out=work.take("e", rows))
-    total = torch.sum(e, 1, out=sums["total"])  # in [1, V]
+    torch.sum(e, 1, out=sums["total"])  # in [1, V]
     for name, other in (("e_dot_shift", shifted), ("e_dot_e", e)):
         if name in sums:  # sum(e * other) through a work buffer: vecdot's own [rows, V] product is a fresh tensor
             torch.sum(torch.mul(e, other, out=work.take("scratch", rows)), 1, out=sums[name])
