@@ -7,7 +7,7 @@
 #   MODEL        the policy (Qwen/Qwen2.5-Math-1.5B)
 #   DATA_DIR     verl's GSM8K parquet files ($HOME/data/gsm8k)
 #   NGPUS        GPUs on the node (8)
-#   LOSS_MODE    ranktuner|dft|talr|eaft|deft|high_entropy, or vanilla for stock verl (ranktuner)
+#   LOSS_MODE    a method of ranktuner_verl.methods but sft, or high_entropy; vanilla: stock verl (ranktuner)
 #   PYTHON       the interpreter (.venv/bin/python when .venv exists, else python)
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper's SFT run (configs/experiment/paper_numina10k.yaml): NuminaMath-CoT 10k, 4 GPUs, 1 epoch, AdamW lr 5e-5
-# betas (0.9, 0.95), wd 0.01, cosine with warmup 0.1, clip 1.0, batch 256, max length 2048. One loss or all six:
-#     MODEL=Qwen/Qwen3-8B LOSS=ranktuner bash examples/paper_numina10k.sh   (sft|dft|talr|eaft|deft|ranktuner|all)
+# betas (0.9, 0.95), wd 0.01, cosine with warmup 0.1, clip 1.0, batch 256, max length 2048. One loss or all:
+#     MODEL=Qwen/Qwen3-8B LOSS=ranktuner bash examples/paper_numina10k.sh   (a method of ranktuner_verl.methods, or all)
 # Extra Hydra overrides pass through (e.g. loss.base=one). The per-model presets next to this file set MODEL.
 # Variables (default):
 #   MODEL      the backbone (required)
@@ -24,10 +24,10 @@ NPROC=${NPROC:-4}
 LOSS=${LOSS:-ranktuner}
 CKPT_ROOT=${CKPT_ROOT:-checkpoints/$NAME}
 
-[ -f "$DATA_DIR/train.parquet" ] || "$PYTHON" -m ranktuner_verl.data.numina --out-dir "$DATA_DIR"
+[ -f "$DATA_DIR/train.parquet" ] || "$PYTHON" -m ranktuner_verl.data.numina --out "$DATA_DIR"
 
 losses=("$LOSS")
-[ "$LOSS" = all ] && losses=(sft dft talr eaft deft ranktuner)
+[ "$LOSS" = all ] && read -ra losses <<< "$(all_methods)"
 for loss in "${losses[@]}"; do
     NPROC=$NPROC PYTHON=$PYTHON bash scripts/train.sh experiment=paper_numina10k loss="$loss" model.path="$MODEL" \
         data.train_files="$DATA_DIR/train.parquet" data.val_files="$DATA_DIR/val.parquet" \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's run on Qwen2.5-Math-7B, 4 GPUs: LOSS=sft|...|ranktuner|all bash examples/qwen2_5_math_7b_numina10k.sh
+# The paper's run on Qwen2.5-Math-7B, 4 GPUs: LOSS=<method>|all bash examples/qwen2_5_math_7b_numina10k.sh
 # Variables and options: bash examples/paper_numina10k.sh --help
 set -euo pipefail
 case "${1:-}" in -h|--help) exec bash "$(dirname "$0")/paper_numina10k.sh" --help ;; esac

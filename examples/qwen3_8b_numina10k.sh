@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's run on Qwen3-8B, 4 GPUs: LOSS=sft|dft|talr|eaft|deft|ranktuner|all bash examples/qwen3_8b_numina10k.sh
+# The paper's run on Qwen3-8B, 4 GPUs: LOSS=<method>|all bash examples/qwen3_8b_numina10k.sh
 # Qwen3's chat template adds <think></think> to the last assistant turn only when it renders the whole conversation,
 # so verl's dataset (which tokenises turn by turn) would stop at its consistency check: the turn-by-turn tokens are
 # used instead (data.ignore_input_ids_mismatch=True). Variables and options: bash examples/paper_numina10k.sh --help

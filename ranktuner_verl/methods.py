@@ -66,21 +66,30 @@ class MethodSpec:
     params: Mapping[str, Param]
     needs: Callable[[Mapping[str, Any]], frozenset[str]]
     source: str
+    family: str
 
+
+#: The families of importance signal of Tab. 1 of Yu et al. (arXiv 2602.01745): what marks a token as important to a
+#: method (the noise-injection diagnosis ranks tokens by it, ``diagnostics.table.SIGNALS``).
+FAMILIES = ("no signal", "probability-dominant", "entropy-dominant", "relative scale")
 
 #: name -> MethodSpec, filled by ``@register``.
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register(name: str, *, source: str, needs, params: Mapping[str, Param] | None = None):
+def register(name: str, *, source: str, needs, family: str, params: Mapping[str, Param] | None = None):
     """Register ``fn(stats, mask, **params) -> weights`` as method ``name``.
 
     ``needs``: the statistic names (always with log_prob), or a function of the params returning them.
+    ``family``: its family of importance signal (``FAMILIES``).
     """
+    if family not in FAMILIES:
+        raise ValueError(f"method {name!r}: unknown family {family!r}; valid: {', '.join(FAMILIES)}")
     needs_fn = needs if callable(needs) else (lambda _p, fixed=frozenset(needs): fixed)
 
     def deco(fn):
-        METHODS[name] = MethodSpec(name, fn, dict(params or {}), lambda p: frozenset(needs_fn(p)) | {"log_prob"}, source)
+        needs_of = lambda p: frozenset(needs_fn(p)) | {"log_prob"}  # noqa: E731
+        METHODS[name] = MethodSpec(name, fn, dict(params or {}), needs_of, source, family)
         return fn
 
     return deco
@@ -107,6 +116,15 @@ class Method:
             stats["log_prob"] = torch.where(log_p == -math.inf, LOG_TINY, log_p)  # p = 0 only: every p > 0 is kept
             select = None if mask is None else mask.bool()
             return METHODS[self.name].fn(stats, select, **self.params)
+
+
+def method_names(text: str) -> list[str]:
+    """``"sft,ranktuner"`` (a ``--methods`` value) -> ``["sft", "ranktuner"]``; ValueError listing the valid names."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METHODS]
+    if unknown or not names:
+        raise ValueError(f"unknown method(s) {unknown or text!r}; choose from {', '.join(METHODS)}")
+    return names
 
 
 def get_method(name: str, **params) -> Method:
@@ -139,13 +157,13 @@ def _select(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@register("sft", source="plain NLL; equals verl 0.9.1 verl.workers.utils.losses.sft_loss", needs=())
+@register("sft", source="plain NLL; equals verl 0.9.1 verl.workers.utils.losses.sft_loss", needs=(), family="no signal")
 def sft(stats, mask):
     """w_t = 1."""
     return torch.ones_like(stats["log_prob"])
 
 
-@register("dft", source="Wu et al., arXiv 2508.05629 (DFT)", needs=())
+@register("dft", source="Wu et al., arXiv 2508.05629 (DFT)", needs=(), family="probability-dominant")
 def dft(stats, mask):
     """w_t = p_t (Wu et al. 2025, Eq. 9; TRL loss_type="dft")."""
     return stats["log_prob"].exp()
@@ -155,6 +173,7 @@ def dft(stats, mask):
     "talr",
     source="Lin et al., arXiv 2509.20758 (TALR)",
     needs=(),
+    family="probability-dominant",
     params={"w_min": Param(0.01, low=0.0, high=1.0), "normalize": Param("none", choices=("none", "simplex"))},
 )
 def talr(stats, mask, w_min, normalize):
@@ -178,6 +197,7 @@ def talr(stats, mask, w_min, normalize):
     "eaft",
     source="Diao et al., arXiv 2601.02151 (EAFT)",
     needs=lambda p: {"topk_entropy"} if p["entropy"] == "topk" else {"entropy", "log_vocab"},
+    family="entropy-dominant",
     params={
         "top_k": Param(20, low=1, integer=True),
         "alpha": Param(1.0, low=0.0, low_open=True),
@@ -202,6 +222,7 @@ def eaft(stats, mask, top_k, alpha, entropy):
     "deft",
     source="Wang et al., arXiv 2602.11424 (DEFT)",
     needs=lambda p: {"sum_pi_squared"} if p["gate"] == "renyi2" else set(),
+    family="probability-dominant",
     params={"gate": Param("renyi2", choices=("renyi2", "cayley"))},
 )
 def deft(stats, mask, gate):
@@ -264,6 +285,10 @@ def _ranktuner_needs(params: Mapping[str, Any]) -> set[str]:
     return {"rank", "entropy", "log_prob"} | ({"p_max"} if params.get("proxy", "piecewise") == "piecewise" else set())
 
 
+#: |S_t - 1| < S_BAND: the tokens RankTuner leaves at their base weight (logged as s_near_one, drawn as a band).
+S_BAND = 0.05
+
+
 def relative_scale(stats: Mapping[str, torch.Tensor], form: str = "practical", proxy: str = "piecewise",
                    **_other_params) -> torch.Tensor:
     """RankTuner's Relative Scale S_t = 1 / I_t (Yu et al., arXiv 2602.01745), from ``token_stats`` output and the
@@ -294,6 +319,7 @@ def relative_scale(stats: Mapping[str, torch.Tensor], form: str = "practical", p
     "ranktuner",
     source="Yu et al., arXiv 2602.01745 (RankTuner, ICML 2026)",
     needs=_ranktuner_needs,
+    family="relative scale",
     params={"form": Param("practical", choices=("practical", "exact")), "base": Param("p", choices=("p", "one")),
             "proxy": Param(RANKTUNER_PROXIES[0], choices=RANKTUNER_PROXIES)},
 )

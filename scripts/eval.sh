@@ -4,7 +4,7 @@
 # Usage: bash scripts/eval.sh MODEL OUT [extra options of `python -m ranktuner_verl.eval run`]
 #   MODEL: a Hugging Face model dir, a verl FSDP checkpoint (global_step_N), a verl checkpoint root (the folder
 #          with latest_checkpointed_iteration.txt: its latest step), or a LoRA run (the adapter is merged in).
-#          Checkpoints are merged to HF format first, once, into WORK_DIR (ranktuner_verl.integration.checkpoints).
+#          Checkpoints are merged to HF format first, once, into WORK_DIR (ranktuner_verl.checkpoints).
 #   An interrupted evaluation resumes when run again with the same OUT.
 #   bash scripts/eval.sh -h | --help: this text and the variables below with their defaults; does nothing else.
 # Examples:

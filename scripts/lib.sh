@@ -19,3 +19,8 @@ help_if_asked() {
         esac
     done
 }
+
+# all_methods: every method of the registry (ranktuner_verl.methods.METHODS), space-separated: the one list.
+all_methods() {
+    "$PYTHON" -c 'from ranktuner_verl.methods import METHODS; print(" ".join(METHODS))'
+}

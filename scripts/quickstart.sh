@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command on a fresh CPU machine: tiny model + math CoT data built locally, trained with loss=sft and
 # loss=ranktuner through the real verl trainer. Runs scripts/setup.sh first when .venv is missing.
-# Usage: bash scripts/quickstart.sh [--out-dir DIR] [--losses sft,dft,...] [--steps N] [--examples N] [--batch N]
+# Usage: bash scripts/quickstart.sh [--out DIR] [--methods sft,dft,...] [--steps N] [--examples N] [--batch N]
 #        [--nproc N]    (DIR is relative to where you run the command; default ./quickstart)
 # Variables: none (setup's TORCH_SPEC and EXTRAS apply when it runs setup).
 set -euo pipefail

@@ -12,7 +12,7 @@
 # max length 2048, 1 epoch; 16 samples at temperature 1.0, top_p 1.0, 4096 new tokens.
 # Variables (default):
 #   BASE_MODEL     the backbone (Qwen/Qwen2.5-Math-7B; or Qwen/Qwen3-8B)
-#   LOSSES         the losses, space-separated (sft dft talr eaft deft ranktuner)
+#   LOSSES         the losses, space-separated (every method of ranktuner_verl.methods.METHODS)
 #   NUM_GPUS       GPUs on this node (the count nvidia-smi lists)
 #   WORK           everything this script writes (runs/<model name>)
 #   NUMINA_SOURCE  hub id or a local .parquet/.jsonl (AI-MO/NuminaMath-CoT)
@@ -29,7 +29,7 @@ use_venv_python
 cd "$ROOT"
 
 BASE_MODEL=${BASE_MODEL:-Qwen/Qwen2.5-Math-7B}   # or Qwen/Qwen3-8B
-LOSSES=${LOSSES:-sft dft talr eaft deft ranktuner}
+LOSSES=${LOSSES:-$(all_methods)}
 NUM_GPUS=${NUM_GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}
 WORK=${WORK:-runs/$(basename "$BASE_MODEL")}    # data/, checkpoints/<loss>/, results/<loss>/, table.{md,csv,tex}
 NUMINA_SOURCE=${NUMINA_SOURCE:-AI-MO/NuminaMath-CoT}   # hub id or a local .parquet/.jsonl
@@ -59,7 +59,7 @@ TRAIN_ARGS=(
 DATA="$WORK/data"
 if [ ! -f "$DATA/train.parquet" ]; then
     "$PYTHON" -m ranktuner_verl.data.numina --source "$NUMINA_SOURCE" --num-rows "$NUM_ROWS" \
-        --val-size "$VAL_SIZE" --out-dir "$DATA"
+        --val-size "$VAL_SIZE" --out "$DATA"
 fi
 VAL_ARGS=()
 if [ -f "$DATA/val.parquet" ]; then VAL_ARGS=(data.val_files="$DATA/val.parquet"); fi

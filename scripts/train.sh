@@ -2,7 +2,7 @@
 # Token-weighted SFT on one node with torchrun (verl's SPMD SFT trainer + the ranktuner_verl loss).
 # Usage: bash scripts/train.sh loss=ranktuner model.path=Qwen/Qwen3-8B data.train_files=DIR/train.parquet [overrides]
 #        NPROC=4 bash scripts/train.sh ...       (all Hydra overrides pass through; see configs/sft.yaml, configs/loss/)
-# The start-up checks run once first (python -m ranktuner_verl.integration.checks): a bad option or bad input stops
+# The start-up checks run once first (python -m ranktuner_verl.integration.sft.checks): a bad option or bad input stops
 # before torchrun starts its ranks, with its message on the last line.
 # Variables (default):
 #   NPROC        processes on this node (the number of visible CUDA GPUs, at least 1)
@@ -16,6 +16,6 @@ use_venv_python
 NPROC=${NPROC:-$("$PYTHON" -c 'import torch; print(max(torch.cuda.device_count(), 1))')}
 MASTER_PORT=${MASTER_PORT:-29500}
 
-"$PYTHON" -m ranktuner_verl.integration.checks "$@"
+"$PYTHON" -m ranktuner_verl.integration.sft.checks "$@"
 RANKTUNER_VERL_CHECKED=1 exec "$PYTHON" -m torch.distributed.run --standalone --nnodes=1 --nproc_per_node="$NPROC" \
-    --master_port="$MASTER_PORT" -m ranktuner_verl.integration.trainer "$@"
+    --master_port="$MASTER_PORT" -m ranktuner_verl.integration.sft.trainer "$@"

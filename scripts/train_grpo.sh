@@ -12,4 +12,4 @@ source "$(dirname "$0")/lib.sh"
 help_if_asked "$0" "$@"
 use_venv_python
 
-exec "$PYTHON" -m ranktuner_verl.integration.trainer_ppo algorithm.adv_estimator=grpo "$@"
+exec "$PYTHON" -m ranktuner_verl.integration.rl.trainer algorithm.adv_estimator=grpo "$@"

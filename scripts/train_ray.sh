@@ -29,12 +29,12 @@ export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
 
 OVERRIDES=(trainer.nnodes="$NNODES" trainer.n_gpus_per_node="$NGPUS_PER_NODE" "$@")
 if [ -z "$RAY_ADDRESS" ]; then
-    exec "$PYTHON" -m ranktuner_verl.integration.trainer_ray "${OVERRIDES[@]}"
+    exec "$PYTHON" -m ranktuner_verl.integration.sft.trainer_ray "${OVERRIDES[@]}"
 fi
 RESOLVED_FILE=$(mktemp)
 trap 'rm -f "$RESOLVED_FILE"' EXIT
-"$PYTHON" -m ranktuner_verl.integration.cluster "${OVERRIDES[@]}" > "$RESOLVED_FILE"
+"$PYTHON" -m ranktuner_verl.integration.sft.cluster "${OVERRIDES[@]}" > "$RESOLVED_FILE"
 mapfile -d '' RESOLVED < "$RESOLVED_FILE"
 echo "submitting with absolute paths: ${RESOLVED[*]}" >&2
 "$PYTHON" -m ray.scripts.scripts job submit --address="$RAY_ADDRESS" --working-dir=. -- \
-    "$JOB_PYTHON" -m ranktuner_verl.integration.trainer_ray "${RESOLVED[@]}"
+    "$JOB_PYTHON" -m ranktuner_verl.integration.sft.trainer_ray "${RESOLVED[@]}"

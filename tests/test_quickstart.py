@@ -32,10 +32,10 @@ def parse_tables(stdout: str) -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_quickstart_prints_a_table_per_loss_with_finite_losses_and_a_checkpoint(tmp_path):
-    """Run from another directory with a relative --out-dir: it resolves against the caller's directory."""
+    """Run from another directory with a relative --out: it resolves against the caller's directory."""
     out = tmp_path / "quickstart"
     result = subprocess.run(
-        ["bash", str(REPO / "scripts" / "quickstart.sh"), "--out-dir", "quickstart", "--steps", str(STEPS),
+        ["bash", str(REPO / "scripts" / "quickstart.sh"), "--out", "quickstart", "--steps", str(STEPS),
          "--examples", "8", "--batch", "8"],
         cwd=tmp_path, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]

@@ -18,7 +18,7 @@ SCRIPTS = {
     "scripts/setup.sh": ["PYTHON", "TORCH_SPEC", "EXTRAS"],
     "scripts/train.sh": ["NPROC", "MASTER_PORT", "PYTHON"],
     "scripts/train_ray.sh": ["NNODES", "NGPUS_PER_NODE", "RAY_ADDRESS", "JOB_PYTHON", "PYTHON"],
-    "scripts/quickstart.sh": ["--out-dir", "--losses", "--steps"],
+    "scripts/quickstart.sh": ["--out", "--methods", "--steps"],
     "scripts/reproduce_table.sh": ["BASE_MODEL", "LOSSES", "NUM_GPUS", "WORK", "EVAL_N", "TABLE_K", "PYTHON"],
     "examples/paper_numina10k.sh": ["MODEL", "LOSS", "NPROC", "DATA_DIR", "CKPT_ROOT", "PYTHON"],
     "examples/qwen3_8b_numina10k.sh": ["MODEL", "LOSS", "NPROC"],
@@ -70,8 +70,8 @@ def test_the_launch_scripts_use_the_venv_interpreter_when_it_exists(bare_checkou
     assert result.returncode == 0, result.stderr
     lines = calls.read_text().splitlines()
     assert lines and all(line.startswith("venv ") for line in lines), lines
-    assert any("ranktuner_verl.integration.checks loss=sft" in line for line in lines)
-    assert any("torch.distributed.run" in line and "ranktuner_verl.integration.trainer loss=sft" in line
+    assert any("ranktuner_verl.integration.sft.checks loss=sft" in line for line in lines)
+    assert any("torch.distributed.run" in line and "ranktuner_verl.integration.sft.trainer loss=sft" in line
                for line in lines)
     result = subprocess.run(["bash", "scripts/eval.sh", "model", "out"], cwd=repo, env=env, capture_output=True,
                             text=True, timeout=60)

@@ -1,8 +1,8 @@
 """NuminaMath-CoT -> the parquet files verl's multi-turn SFT dataset reads.
 
-    python -m ranktuner_verl.data.numina --out-dir data/numina10k                     # the paper's first 10,000 rows
-    python -m ranktuner_verl.data.numina --out-dir DIR --sample 10000 --seed 1        # a seeded sample instead
-    python -m ranktuner_verl.data.numina --out-dir DIR --source local.parquet|.jsonl  # a local copy, same schema
+    python -m ranktuner_verl.data.numina --out data/numina10k                     # the paper's first 10,000 rows
+    python -m ranktuner_verl.data.numina --out DIR --sample 10000 --seed 1        # a seeded sample instead
+    python -m ranktuner_verl.data.numina --out DIR --source local.parquet|.jsonl  # a local copy, same schema
 
 Each row becomes ``messages`` = [system: the Qwen2.5-Math CoT prompt, user: problem, assistant: solution] (the
 paper's setup, docs/methods.md), plus ``source`` (NuminaMath's sub-source) and ``row_index`` (the row in the source).
@@ -52,7 +52,7 @@ def prepare(out_dir: str | Path, source: str = DEFAULT_SOURCE, num_rows: int | N
     existing = [name for name in OUTPUT_FILES if (out_dir / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{out_dir} already holds {', '.join(existing)}; pass --overwrite to replace them "
-                              f"or choose another --out-dir")
+                              f"or choose another --out")
 
     sample_seed = seed if sample is not None else None
     wanted = train_size + val_size
@@ -210,7 +210,7 @@ def _report(summary: dict, out_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ranktuner_verl.data.numina", description=__doc__.split("\n")[0])
-    parser.add_argument("--out-dir", required=True, type=Path, help="folder for train.parquet, val.parquet, "
+    parser.add_argument("--out", "--out", dest="out", required=True, type=Path, help="folder for train.parquet, val.parquet, "
                         "summary.json")
     parser.add_argument("--source", default=DEFAULT_SOURCE, help="hub id or a local .parquet/.jsonl file "
                         f"(default {DEFAULT_SOURCE})")
@@ -222,15 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-size", type=int, default=DEFAULT_VAL_SIZE,
                         help=f"validation rows, taken after the training rows (default {DEFAULT_VAL_SIZE}; 0: none)")
     parser.add_argument("--system-prompt", default=COT_SYSTEM_PROMPT, help="system turn (default: Qwen2.5-Math CoT)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out-dir")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     args = parser.parse_args(argv)
     try:
-        summary = prepare(args.out_dir, source=args.source, num_rows=args.num_rows, sample=args.sample,
+        summary = prepare(args.out, source=args.source, num_rows=args.num_rows, sample=args.sample,
                           seed=args.seed, val_size=args.val_size, system_prompt=args.system_prompt,
                           overwrite=args.overwrite)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         parser.error(str(error))
-    _report(summary, args.out_dir)
+    _report(summary, args.out)
     return 0
 
 

@@ -24,15 +24,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from ..methods import guessing_entropy_bound  # noqa: E402
+from ..methods import S_BAND, guessing_entropy_bound  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .heatmap import NOISE_COLOR  # noqa: E402
 from .table import POSITION_COLUMNS, STATISTICS, constant, method_labels, weight_column  # noqa: E402
 
 PANEL_SIZE = (4.2, 3.4)  # inches per panel
-#: |S_t - 1| < S_BAND: RankTuner leaves the base weight nearly unchanged (the paper's "noise region")
-S_BAND = 0.05
 
 
 def near_one(table: pd.DataFrame, band: float = S_BAND) -> np.ndarray:

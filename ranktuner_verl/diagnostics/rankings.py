@@ -5,7 +5,7 @@ entropy-dominant (a high H_t) and RankTuner's relative scale S_t = 1 / I_t (S_t 
 training weight is another thing: every method with a factor p_t puts an injected token (p ~ 1e-5) last by
 construction. What a method amplifies in training is its share of the loss or of the gradient, a third ranking.
 
-    signal      the importance signal of the method's family (FAMILIES); like-for-like with the paper's Tab. 1
+    signal      the importance signal of the method's family (``methods.FAMILIES``, ``table.SIGNALS``); like-for-like with the paper's Tab. 1
     weight      the training weight w_t
     loss-share  w_t * l_t, l_t = -log p_t: the token's share of the weighted loss
     grad-share  w_t * ||grad_z l_t||: its share of the gradient on the logits
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
-from ..methods import get_method
+from ..methods import METHODS
 from .noise import top_share_metrics
+from .table import SIGNALS, method_labels, signal_column, weight_column
 
 RANKINGS = {
     "signal": "the importance signal of each method's family",
@@ -29,34 +29,11 @@ RANKINGS = {
     "loss-share": "the share of the weighted loss w_t * l_t (l_t = -log p_t)",
     "grad-share": "the share of the logit gradient w_t * ||grad_z l_t||",
 }
-#: method name -> (family, its importance signal): every registered method has one.
-FAMILIES = {
-    "sft": ("no signal", "constant"),
-    "dft": ("probability-dominant", "-log p_t"),
-    "talr": ("probability-dominant", "-log p_t"),
-    "deft": ("probability-dominant", "-log p_t"),
-    "eaft": ("entropy-dominant", "H_t (the entropy EAFT uses)"),
-    "ranktuner": ("relative scale", "S_t"),
-}
 CHANCE = "chance (random order)"
-
-
-def signal_of(method, stats: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The importance signal of ``method``'s family on the statistics (larger = more important)."""
-    family = FAMILIES[method.name][0]
-    if family == "no signal":
-        return torch.ones_like(stats["log_prob"])
-    if family == "probability-dominant":
-        return -stats["log_prob"].double()
-    if family == "entropy-dominant":
-        return stats["topk_entropy"] if method.params["entropy"] == "topk" else stats["entropy"]
-    return get_method("ranktuner", **{**method.params, "base": "one"}).weights(stats)  # S_t of its form
 
 
 def scores(table: pd.DataFrame, label: str, ranking: str) -> np.ndarray:
     """The score of every token of ``table`` for method ``label`` under ``ranking`` (larger ranks first)."""
-    from .table import signal_column, weight_column
-
     if ranking == "signal":
         return table[signal_column(label)].to_numpy(dtype=np.float64)
     weight = table[weight_column(label)].to_numpy(dtype=np.float64)
@@ -72,14 +49,12 @@ def scores(table: pd.DataFrame, label: str, ranking: str) -> np.ndarray:
 def _rows(table: pd.DataFrame, ranking: str) -> list[tuple[str, np.ndarray]]:
     """(row label, scores) of one table: the chance row, then one row per method; under ``signal`` the methods
     sharing one signal (same values) share one row, named by family and signal."""
-    from .table import method_labels
-
     rows: list[tuple[str, np.ndarray]] = [(CHANCE, np.ones(len(table)))]
     if ranking != "signal":
         return rows + [(label, scores(table, label, ranking)) for label in method_labels(table)]
     groups: list[tuple[list[str], np.ndarray]] = []
     for label in method_labels(table):
-        if FAMILIES[label.partition(":")[0]][0] == "no signal":
+        if METHODS[label.partition(":")[0]].family == "no signal":
             continue  # plain SFT: its ranking is the chance row
         values = scores(table, label, "signal")
         same = next((g for g in groups if np.array_equal(g[1], values)), None)
@@ -88,8 +63,8 @@ def _rows(table: pd.DataFrame, ranking: str) -> list[tuple[str, np.ndarray]]:
         else:
             groups.append(([label], values))
     for labels, values in groups:
-        family, signal = FAMILIES[labels[0].partition(":")[0]]
-        rows.append((f"{family}: {signal} ({', '.join(labels)})", values))
+        family = METHODS[labels[0].partition(":")[0]].family
+        rows.append((f"{family}: {SIGNALS[family]} ({', '.join(labels)})", values))
     return rows
 
 

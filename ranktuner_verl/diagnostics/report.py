@@ -19,7 +19,8 @@ import pandas as pd
 
 from ..methods import METHODS
 from .forward import build_methods
-from .plots import S_BAND, near_one, write_scale_histogram, write_weight_histograms
+from ..methods import S_BAND
+from .plots import near_one, write_scale_histogram, write_weight_histograms
 from .table import method_labels, table_from_model, weight_column
 
 

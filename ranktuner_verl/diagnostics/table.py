@@ -10,7 +10,7 @@ Columns
     grad_norm                                         |grad_z l_t| = ||pi_t - e_y||_2, the logit gradient of the NLL
     S, S_exact                                        RankTuner's relative scale S_t, practical and exact forms
     w:<label>                                         the weight w_t of each method (label = its spec, e.g. dft)
-    signal:<label>                                    its importance signal (``rankings.SIGNALS``)
+    signal:<label>                                    its importance signal (``SIGNALS``)
 """
 
 from __future__ import annotations
@@ -21,12 +21,32 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..methods import get_method
+from ..methods import FAMILIES, METHODS, get_method
 from ..stats import nats_to_bits
 from .examples import TokenizedExample, load_examples, tokenize_examples
 from .forward import load_model, load_tokenizer, response_stats, stat_settings
 from .noise import inject_noise
-from .rankings import signal_of
+
+#: family of importance signal (``methods.FAMILIES``, Tab. 1 of Yu et al., arXiv 2602.01745) -> its signal.
+SIGNALS = {
+    "no signal": "constant",
+    "probability-dominant": "-log p_t",
+    "entropy-dominant": "H_t (the entropy EAFT uses)",
+    "relative scale": "S_t",
+}
+assert set(SIGNALS) == set(FAMILIES), "every family of methods.FAMILIES has a signal"
+
+
+def signal_of(method, stats: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The importance signal of ``method``'s family on the statistics (larger = more important)."""
+    family = METHODS[method.name].family
+    if family == "no signal":
+        return torch.ones_like(stats["log_prob"])
+    if family == "probability-dominant":
+        return -stats["log_prob"].double()
+    if family == "entropy-dominant":
+        return stats["topk_entropy"] if method.params["entropy"] == "topk" else stats["entropy"]
+    return get_method("ranktuner", **{**method.params, "base": "one"}).weights(stats)  # S_t of its form
 
 WEIGHT = "w:"
 SIGNAL = "signal:"
@@ -136,7 +156,7 @@ def table_from_model(model_path: str | Path, data_path: str | Path, methods: dic
     ``integration.checkpoints.resolve_model_dir``). ``noise``: keyword arguments of ``noise.inject_noise`` (kind,
     rate, seed, skip_short), or None for clean data. The examples are read and noised before the model loads.
     """
-    from ..integration.checkpoints import resolve_model_dir  # no verl import: it runs verl's merger as a command
+    from ..checkpoints import resolve_model_dir  # no verl import: it runs verl's merger as a command
 
     model_path = resolve_model_dir(model_path)
     tokenizer = load_tokenizer(model_path)

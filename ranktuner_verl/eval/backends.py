@@ -320,5 +320,5 @@ def make_backend(name: str, model_path: str | Path, **options):
     if not (Path(model_path) / "config.json").is_file():
         raise FileNotFoundError(f"{model_path} is not a Hugging Face model directory (no config.json); for a verl "
                                 "checkpoint or a LoRA run resolve it first: python -m "
-                                "ranktuner_verl.integration.checkpoints PATH (the eval CLI and eval.sh do this)")
+                                "ranktuner_verl.checkpoints PATH (the eval CLI and eval.sh do this)")
     return BACKENDS[name](model_path, **options)

@@ -2,7 +2,7 @@
 
     run        MODEL -> OUT/<benchmark>/{problems.jsonl, generation.json, completions.jsonl, grades.jsonl,
                metrics.json}; resumes an interrupted run in the same OUT. MODEL: a HF dir, a verl checkpoint
-               (global_step_N or its root) or a LoRA run, resolved by ranktuner_verl.integration.checkpoints.
+               (global_step_N or its root) or a LoRA run, resolved by ranktuner_verl.checkpoints.
     grade      (re)grade the completions of result folders and rewrite their grades and metrics.
     table      result folders -> PREFIX.md, PREFIX.csv, PREFIX.tex (runs x benchmarks, Pass@1 / Pass@16, average).
     agreement  math-verify vs the Qwen2.5-Math harness's rules on the gold solutions of local benchmark files.
@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _run_command(args: argparse.Namespace) -> None:
     if args.command == "run":
-        from ranktuner_verl.integration.checkpoints import resolve_model_dir
+        from ranktuner_verl.checkpoints import resolve_model_dir
 
         options = ({"device": args.device, "data_parallel_size": args.dp} if args.backend == "hf" else
                    {"tensor_parallel_size": args.tp, "data_parallel_size": args.dp, "chunk_size": args.chunk_size,

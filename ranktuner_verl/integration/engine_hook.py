@@ -4,7 +4,7 @@ verl 0.9.1 hands the loss function to ``FSDPEngineWithLMHead.prepare_model_outpu
 ``install()`` wraps that method once verl imports its engine module (``on_import``), so that it is an exact
 pass-through unless that loss asks for statistics (``stats_request``): our SFT loss object does (``StatsRequest``),
 and so does verl's own ``partial(ppo_loss, config=actor_config)`` when ``actor_config.policy_loss.loss_mode`` is one of the modes registered here by
-``register_policy_loss_request`` (``integration/policy_loss.py``). Then the statistics (``ranktuner_verl.stats``, no
+``register_policy_loss_request`` (``integration/rl/policy_loss.py``). Then the statistics (``ranktuner_verl.stats``, no
 grad, a chunk of rows at a time) come from the same logits, temperature and labels as verl's ``log_probs``; they are
 gathered over the Ulysses group and unpadded by verl's own ``_gather_and_unpad_packed`` and put next to ``log_probs``
 in the model output as jagged tensors (keys ``stat_key(name)``). A stock verl run costs one attribute look-up and one

@@ -5,7 +5,7 @@ With fused kernels verl never builds the logits: its patched model forward (``ve
 sliced for Ulysses) and the temperature to ``FusedLinearForPPO.forward`` (``verl/utils/experimental/
 torch_functional.py``; its "torch" and "liger" backends), which returns the log-probs. While one of our losses runs
 a micro-batch (``collecting``), that call is intercepted: the statistics the loss declares are computed first, without
-gradient, from exactly those arguments by ``ranktuner_verl.stats_hidden.token_stats_from_hidden`` (one chunk of
+gradient, from exactly those arguments by ``ranktuner_verl.stats.hidden.token_stats_from_hidden`` (one chunk of
 logits at a time), then verl's kernel runs unchanged. The engine hook (``engine_hook``) then lays them out like the
 log-probs (``take``). Computing them inside the forward matters: FSDP may free the gathered weight once the forward
 returns.
@@ -38,7 +38,7 @@ class _Request:
         self.stats: dict[str, torch.Tensor] | None = None
 
     def compute(self, hidden_states, vocab_weights, input_ids, temperature) -> None:
-        from ranktuner_verl.stats_hidden import token_stats_from_hidden
+        from ranktuner_verl.stats.hidden import token_stats_from_hidden
 
         if self.stats is not None:
             raise RuntimeError("the fused LM head ran twice in one forward; ranktuner_verl cannot tell which "

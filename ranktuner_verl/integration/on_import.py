@@ -18,7 +18,7 @@ imported, ``func`` runs at once. Each registration runs once (functions register
 registration order; registering the same function twice before the import runs it once). Name the module that
 defines the object you patch (a submodule, not its package, which may still be half-initialised). An exception in
 ``func`` is logged and the import goes on: a broken patch must not break a stock verl job; check for the patch's
-effect where you need it (``plugin.require`` does, for the engine hook).
+effect where you need it (``activation.require`` does, for the engine hook).
 """
 
 from __future__ import annotations

@@ -56,12 +56,12 @@ def test_cli_seeded_sample_from_jsonl(tmp_path, numina_rows, write_rows):
     source = write_rows(tmp_path / "numina.jsonl", numina_rows(60))
     command = [sys.executable, "-m", "ranktuner_verl.data.numina", "--source", str(source), "--sample", "12",
                "--seed", "3", "--val-size", "5"]
-    done = subprocess.run(command + ["--out-dir", str(tmp_path / "a")], capture_output=True, text=True, check=True)
+    done = subprocess.run(command + ["--out", str(tmp_path / "a")], capture_output=True, text=True, check=True)
     assert "12 train rows, 5 validation rows" in done.stdout
     assert main(["--source", str(source), "--sample", "12", "--seed", "3", "--val-size", "5",
-                 "--out-dir", str(tmp_path / "b")]) == 0
+                 "--out", str(tmp_path / "b")]) == 0
     assert main(["--source", str(source), "--sample", "12", "--seed", "4", "--val-size", "5",
-                 "--out-dir", str(tmp_path / "c")]) == 0
+                 "--out", str(tmp_path / "c")]) == 0
 
     def picked(name):
         return [list(pd.read_parquet(tmp_path / name / f"{split}.parquet")["row_index"]) for split in ("train", "val")]
@@ -100,7 +100,7 @@ def test_bad_input_is_refused_with_a_clear_message_and_nothing_written(case, tmp
     num_rows = 20 if case == "too few rows" else 5
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["--source", str(source), "--num-rows", str(num_rows), "--val-size", "5", "--out-dir",
+        main(["--source", str(source), "--num-rows", str(num_rows), "--val-size", "5", "--out",
               str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert expected in capsys.readouterr().err

@@ -34,8 +34,8 @@ def prompt_response_jsonl(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def confident_model_dir(tmp_path_factory, eval_data_dir):
-    """The confident-regime model (ranktuner_verl.data.confident), reduced build: MATH500 solutions, ~30 s."""
-    from ranktuner_verl.data.confident import QUICK, build_confident_model
+    """The confident-regime model (ranktuner_verl.diagnostics.confident), reduced build: MATH500 solutions, ~30 s."""
+    from ranktuner_verl.diagnostics.confident import QUICK, build_confident_model
 
     return build_confident_model(tmp_path_factory.mktemp("confident"), QUICK, eval_data_dir / "math_oai.jsonl",
                                  progress=False)

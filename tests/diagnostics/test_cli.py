@@ -19,6 +19,7 @@ from ranktuner_verl.diagnostics.__main__ import main
 from ranktuner_verl.diagnostics.rankings import ranking_table
 from ranktuner_verl.diagnostics.forward import build_methods
 from ranktuner_verl.diagnostics.table import read_tokens, table_from_model
+from ranktuner_verl.methods import METHODS
 
 FIGURES = ["heatmap.png", "rank_probability.png", "expected_rank_entropy.png", "weight_histograms.png"]
 
@@ -55,7 +56,7 @@ def test_noise_command_end_to_end(tiny_model_dir, sft_parquet, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--methods", "sft,fancy"], "unknown method 'fancy'; valid: sft, dft, talr, eaft, deft, ranktuner"),
+    (["--methods", "sft,fancy"], f"unknown method 'fancy'; valid: {', '.join(METHODS)}"),
     (["--methods", "talr:w_min=2"], "w_min=2 is out of range"),
     (["--rate", "0.001"], "too short for random noise"),
     (["--kind", "swap", "--rate", "0.6"], "too short for swap noise"),

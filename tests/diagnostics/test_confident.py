@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from ranktuner_verl.data.confident import ConfidentSettings, build_confident_model, main
+from ranktuner_verl.diagnostics.confident import ConfidentSettings, build_confident_model, main
 from ranktuner_verl.diagnostics.forward import build_methods
 from ranktuner_verl.diagnostics.noise import top_share_metrics
 from ranktuner_verl.diagnostics.table import table_from_model

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ranktuner_verl.integration.checkpoints import SOURCE_FILE, latest_step, main, resolve_model_dir
+from ranktuner_verl.checkpoints import SOURCE_FILE, latest_step, main, resolve_model_dir
 
 PROMPT = "What is 12 + 30? The answer is"
 
@@ -18,7 +18,7 @@ PROMPT = "What is 12 + 30? The answer is"
 def lora_run(tmp_path_factory):
     """A 2-step LoRA (rank 8) run of the tiny model with the real trainer; returns (base model dir, checkpoint root)."""
     from ranktuner_verl.data.tiny import build_model, write_sft_parquet
-    from ranktuner_verl.integration.runs import run_trainer, tiny_overrides
+    from ranktuner_verl.integration.sft.runs import run_trainer, tiny_overrides
 
     root = tmp_path_factory.mktemp("lora")
     build_model(root / "base")

@@ -24,7 +24,7 @@ def runs(tiny, tmp_path_factory):
     """``runs(name, module, extra_overrides, **kw)``: a 3-step run of the tiny model (batch = the whole dataset,
     lr 1e-2), once per name for the whole session, so the test modules share their reference runs; returns the ``Run``.
     """
-    from ranktuner_verl.integration.runs import TRAINER, run_trainer, tiny_overrides
+    from ranktuner_verl.integration.sft.runs import TRAINER, run_trainer, tiny_overrides
 
     cache = {}
 

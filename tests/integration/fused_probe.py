@@ -38,8 +38,8 @@ def main(out_path: str, overrides: list[str], padded_too: bool = False) -> None:
     from verl.utils import tensordict_utils as tu
     from verl.utils.distributed import destroy_global_process_group
 
-    from ranktuner_verl.integration.loss import WeightedSFTLoss
-    from ranktuner_verl.integration.runs import build_trainer, step_data
+    from ranktuner_verl.integration.sft.loss import WeightedSFTLoss
+    from ranktuner_verl.integration.sft.runs import build_trainer, step_data
 
     trainer = build_trainer(overrides)
     engine, worker = trainer.engine, trainer.training_client

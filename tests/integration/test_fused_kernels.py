@@ -26,7 +26,7 @@ LOSS_TOL, GRAD_TOL = 1e-6, 1e-5  # fp32: relative to the loss, and to the larges
 
 
 def probe(tiny, out_dir: Path, extra: list[str], *args: str) -> dict:
-    from ranktuner_verl.integration.runs import tiny_overrides
+    from ranktuner_verl.integration.sft.runs import tiny_overrides
 
     out = out_dir / "probe.pt"
     overrides = tiny_overrides(tiny / "model", tiny / "train.parquet", out_dir, steps=1, batch=4)
@@ -93,5 +93,5 @@ def test_rl_policy_loss_with_fused_kernels_equals_unfused(tiny, tmp_path):
     for got in fused.values():
         for name, want in unfused["params"].items():  # relative to the largest step, as the gradients above
             assert (got["params"][name] - want).abs().max().item() <= GRAD_TOL * step, name
-        for key in ("actor/pg_loss", "grad_norm", "actor/token_weight_mean", "actor/token_stat_rank"):
+        for key in ("actor/pg_loss", "grad_norm", "actor/weight_mean", "actor/token_stat_rank"):
             assert got["metrics"][0][key] == pytest.approx(unfused["metrics"][0][key], rel=1e-5, abs=1e-7), key

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from ranktuner_verl.integration.runs import RAY_TRAINER, TRAINER, run_trainer, tiny_overrides
+from ranktuner_verl.integration.sft.runs import RAY_TRAINER, TRAINER, run_trainer, tiny_overrides
 
 NO_VERL_PLUGINS = {"VERL_USE_EXTERNAL_PLUGINS": "none"}
 # verl plugins off, only the CPU platform loaded: a worker as on a GPU machine where our plugin is excluded
@@ -67,19 +67,19 @@ def test_ray_trainer_refuses_to_start_when_its_workers_would_lack_the_plugin(tin
     ],
 )
 def test_which_verl_plugin_settings_load_the_plugin_in_workers(monkeypatch, plugins, modules, loads):
-    from ranktuner_verl.integration import plugin
+    from ranktuner_verl.integration import activation, plugin  # noqa: F401  (plugin: installs the engine hook)
 
     for name, value in (("VERL_USE_EXTERNAL_PLUGINS", plugins), ("VERL_USE_EXTERNAL_MODULES", modules)):
         if value is None:
             monkeypatch.delenv(name, raising=False)
         else:
             monkeypatch.setenv(name, value)
-    assert plugin.loads_with_verl() is loads
+    assert activation.loads_with_verl() is loads
     if loads:
-        plugin.require(for_workers=True)
+        activation.require(for_workers=True)
     else:
         with pytest.raises(RuntimeError, match="VERL_USE_EXTERNAL_PLUGINS"):
-            plugin.require(for_workers=True)
+            activation.require(for_workers=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ CASES = [("ranktuner", {}, "rank"), ("ranktuner", {}, "entropy"), ("ranktuner", 
 
 @pytest.mark.parametrize("name, params, missing", CASES)
 def test_loss_without_a_statistic_raises_naming_it_and_the_fix(name, params, missing):
-    from ranktuner_verl.integration.loss import WeightedSFTLoss
+    from ranktuner_verl.integration.sft.loss import WeightedSFTLoss
 
     loss = WeightedSFTLoss(name, **params)
     assert missing in loss.engine_stat_names
@@ -145,7 +145,7 @@ def test_loss_without_a_statistic_raises_naming_it_and_the_fix(name, params, mis
 @pytest.mark.parametrize("name, params, _missing", CASES)
 def test_the_same_output_with_every_statistic_gives_a_finite_loss(name, params, _missing):
     """Control for the test above: the model output built here is one the loss accepts when nothing is missing."""
-    from ranktuner_verl.integration.loss import WeightedSFTLoss
+    from ranktuner_verl.integration.sft.loss import WeightedSFTLoss
 
     loss = WeightedSFTLoss(name, **params)
     data, offsets, logits, labels = verl_micro_batch()

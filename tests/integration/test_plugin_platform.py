@@ -62,7 +62,7 @@ start = ray.init
 ray.init = lambda *args, **kwargs: start(*args, num_cpus=4, num_gpus=1, include_dashboard=False, **kwargs)
 out = {}
 if sys.argv[1] == "ours":  # our SFT Ray driver, up to where it builds verl's trainer with its config
-    from ranktuner_verl.integration import trainer_ray
+    from ranktuner_verl.integration.sft import trainer_ray
 
     class Capture:
         def __init__(self, config):
@@ -171,8 +171,8 @@ def test_the_switch_forces_the_cpu_layer_on_where_an_accelerator_is_in_reach(imp
 @pytest.fixture(scope="module")
 def head_node(tiny):
     """The Ray script of a CPU head node, with our SFT Ray driver and with stock verl, both at once."""
-    from ranktuner_verl.integration import trainer
-    from ranktuner_verl.integration.runs import tiny_overrides
+    from ranktuner_verl.integration.sft import trainer
+    from ranktuner_verl.integration.sft.runs import tiny_overrides
 
     config_dir = Path(trainer.__file__).parent / trainer.CONFIG_DIR
     overrides = tiny_overrides(tiny / "model", tiny / "train.parquet", tiny / "out", steps=1, batch=8)

@@ -1,0 +1,3 @@
+from ranktuner_verl.bench.core import main
+
+main()
