@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Reproduce the paper's main table for one backbone: for each loss, train on NuminaMath-CoT, evaluate on the five
-# math benchmarks (Pass@1 / Pass@16), then collect the table (Markdown, CSV, LaTeX) under $WORK/table.*
+# math benchmarks (Pass@1 / Pass@16) once per seed in SEEDS, then collect the table (Markdown, CSV, LaTeX) under
+# $WORK/table.*: one row per loss, the mean over its seeds with a 95% interval (docs/data_and_grading.md, "Tables").
 #
 # Usage: bash scripts/reproduce_table.sh [extra Hydra overrides for every training run]
 #   e.g.  BASE_MODEL=Qwen/Qwen2.5-Math-7B NUM_GPUS=4 bash scripts/reproduce_table.sh
-#         LOSSES="sft ranktuner" bash scripts/reproduce_table.sh optim.lr=2e-5
+#         LOSSES="sft ranktuner" SEEDS=1,2,3 bash scripts/reproduce_table.sh optim.lr=2e-5
 # Stages with outputs are skipped when run again: data (train.parquet), training (the checkpoint tracker, which verl
 # writes at the last step when trainer.save_freq=-1, its default), finished samples (evaluation resumes), so the
 # script can simply be run again after an interruption.
@@ -20,6 +21,8 @@
 #   BENCHMARKS     (math500,minerva_math,olympiadbench,aime24,amc23)
 #   DATA_DIR       local benchmark .jsonl files (empty: the hub)
 #   TP             vLLM tensor parallel per replica (1)    EVAL_N  samples per problem (16)
+#   SEEDS          evaluation seeds, comma-separated (0,1,2): one result folder per loss and seed,
+#                  results/<loss>/seed<S>; the checkpoint is the same (verl's SFT data order is fixed)
 #   TABLE_K        the k of Pass@k in the table ("1 16")
 #   PYTHON         the interpreter (.venv/bin/python when .venv exists, else python)
 set -euo pipefail
@@ -39,6 +42,7 @@ BENCHMARKS=${BENCHMARKS:-math500,minerva_math,olympiadbench,aime24,amc23}
 DATA_DIR=${DATA_DIR:-}                           # local benchmark .jsonl files; empty: the hub
 TP=${TP:-1}                                      # vLLM tensor parallel per replica; replicas fill the node
 EVAL_N=${EVAL_N:-16}
+SEEDS=${SEEDS:-0,1,2}
 TABLE_K=${TABLE_K:-"1 16"}
 # The paper's optimisation (verl keys); anything given on the command line is appended and wins.
 TRAIN_ARGS=(
@@ -65,16 +69,22 @@ VAL_ARGS=()
 if [ -f "$DATA/val.parquet" ]; then VAL_ARGS=(data.val_files="$DATA/val.parquet"); fi
 
 RUNS=()
+LABELS=()
 for LOSS in $LOSSES; do
     CKPT="$WORK/checkpoints/$LOSS"
     if [ ! -f "$CKPT/latest_checkpointed_iteration.txt" ]; then
         NPROC=$NUM_GPUS PYTHON=$PYTHON bash scripts/train.sh loss="$LOSS" "${TRAIN_ARGS[@]}" data.train_files="$DATA/train.parquet" \
             "${VAL_ARGS[@]}" trainer.default_local_dir="$CKPT" trainer.experiment_name="$LOSS" "$@"
     fi
-    PYTHON=$PYTHON TP=$TP N=$EVAL_N BENCHMARKS=$BENCHMARKS DATA_DIR=$DATA_DIR NUM_GPUS=$NUM_GPUS \
-        bash scripts/eval.sh "$CKPT" "$WORK/results/$LOSS"
-    RUNS+=("$WORK/results/$LOSS")
+    for SEED in ${SEEDS//,/ }; do
+        PYTHON=$PYTHON TP=$TP N=$EVAL_N SEED=$SEED BENCHMARKS=$BENCHMARKS DATA_DIR=$DATA_DIR NUM_GPUS=$NUM_GPUS \
+            bash scripts/eval.sh "$CKPT" "$WORK/results/$LOSS/seed$SEED"
+        RUNS+=("$WORK/results/$LOSS/seed$SEED")
+        LABELS+=("$LOSS")
+    done
 done
 
+# One row per loss: the folders of its seeds share its label.
 # shellcheck disable=SC2086 # TABLE_K is a list of k
-"$PYTHON" -m ranktuner_verl.eval table "${RUNS[@]}" --k $TABLE_K --out "$WORK/table"
+"$PYTHON" -m ranktuner_verl.eval table "${RUNS[@]}" --labels "$(IFS=,; echo "${LABELS[*]}")" --k $TABLE_K \
+    --out "$WORK/table"

@@ -19,7 +19,7 @@ SCRIPTS = {
     "scripts/train.sh": ["NPROC", "MASTER_PORT", "PYTHON"],
     "scripts/train_ray.sh": ["NNODES", "NGPUS_PER_NODE", "RAY_ADDRESS", "JOB_PYTHON", "PYTHON"],
     "scripts/quickstart.sh": ["--out", "--methods", "--steps"],
-    "scripts/reproduce_table.sh": ["BASE_MODEL", "LOSSES", "NUM_GPUS", "WORK", "EVAL_N", "TABLE_K", "PYTHON"],
+    "scripts/reproduce_table.sh": ["BASE_MODEL", "LOSSES", "NUM_GPUS", "WORK", "EVAL_N", "SEEDS", "TABLE_K", "PYTHON"],
     "examples/paper_numina10k.sh": ["MODEL", "LOSS", "NPROC", "DATA_DIR", "CKPT_ROOT", "PYTHON"],
     "examples/qwen3_8b_numina10k.sh": ["MODEL", "LOSS", "NPROC"],
     "examples/qwen2_5_math_7b_numina10k.sh": ["MODEL", "LOSS", "NPROC"],
@@ -77,3 +77,21 @@ def test_the_launch_scripts_use_the_venv_interpreter_when_it_exists(bare_checkou
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert calls.read_text().splitlines()[-1].startswith("venv -m ranktuner_verl.eval run")
+
+
+def test_reproduce_table_evaluates_every_seed_into_its_own_folder_and_tabulates_them_as_one_row(bare_checkout):
+    repo, env, calls = bare_checkout
+    env = {**env, "PYTHON": "python", "LOSSES": "sft ranktuner", "SEEDS": "1,2", "WORK": "w", "NUM_GPUS": "1"}
+    result = subprocess.run(["bash", "scripts/reproduce_table.sh"], cwd=repo, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = calls.read_text().splitlines()
+    evals = [line for line in lines if "ranktuner_verl.eval run" in line]
+    expected = [(loss, seed) for loss in ("sft", "ranktuner") for seed in (1, 2)]
+    assert len(evals) == len(expected)
+    for line, (loss, seed) in zip(evals, expected):
+        assert f"--model w/checkpoints/{loss} --out w/results/{loss}/seed{seed} " in line and f"--seed {seed} " in line
+    assert sum("ranktuner_verl.integration.trainer" in line for line in lines) == 2, "one training run per loss"
+    folders = " ".join(f"w/results/{loss}/seed{seed}" for loss, seed in expected)
+    assert lines[-1] == f"python -m ranktuner_verl.eval table {folders} --labels sft,sft,ranktuner,ranktuner " \
+                        "--k 1 16 --out w/table"

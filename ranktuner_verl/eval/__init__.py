@@ -6,7 +6,8 @@
 - ``ranktuner_verl.eval.grading``: final-answer extraction and math-verify comparison with a per-answer timeout;
   ``qwen_grader``: the Qwen2.5-Math harness's rules; ``choice``: multiple choice; ``code``: HumanEval execution.
 - ``ranktuner_verl.eval.metrics``: the unbiased Pass@k estimator; Pass@1 as mean accuracy.
-- ``ranktuner_verl.eval.tables``: result folders -> the paper's table (Markdown, CSV, LaTeX).
+- ``ranktuner_verl.eval.tables``: result folders (seeds) -> the paper's table with 95% intervals (Markdown, CSV,
+  LaTeX).
 - ``ranktuner_verl.eval.agreement``: how the two math graders agree on the benchmark files.
 - ``ranktuner_verl.eval.cli``: ``python -m ranktuner_verl.eval run | grade | table | agreement``.
 """

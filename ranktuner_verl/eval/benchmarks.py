@@ -30,6 +30,8 @@ from ranktuner_verl.data.prompts import COT_SYSTEM_PROMPT
 from ranktuner_verl.eval.grading import last_boxed
 
 LETTERS = "ABCDEFGHIJ"
+# The tables' averages: every benchmark counts in one group (``Benchmark.group``); group -> display name.
+GROUPS = {"math": "Math", "ood": "OOD"}
 CODE_SYSTEM_PROMPT = "Please reason step by step, then give your complete solution in one ```python code block."
 
 
@@ -54,6 +56,11 @@ class Benchmark:
     hub_split: str
     normalise: Callable[[dict, int, str, int], Problem]  # (row, row number, origin, seed) -> Problem
     hub_config: str | None = None
+
+    @property
+    def group(self) -> str:
+        """Which average of the tables it counts in: "math" (the paper's in-domain five) or "ood" (choice, code)."""
+        return "math" if self.kind == "math" else "ood"
 
     @property
     def system_prompt(self) -> str:
@@ -163,7 +170,7 @@ REGISTRY: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("humaneval", "HumanEval", "code", "humaneval", None, "test", _humaneval_problem),
 ]}
 BENCHMARKS: tuple[str, ...] = tuple(REGISTRY)
-DEFAULT_BENCHMARKS: tuple[str, ...] = tuple(b.name for b in REGISTRY.values() if b.kind == "math")  # the paper's
+DEFAULT_BENCHMARKS: tuple[str, ...] = tuple(b.name for b in REGISTRY.values() if b.group == "math")  # the paper's
 ALIASES = {"math_oai": "math500", "math": "math500", "minerva": "minerva_math", "olympiad": "olympiadbench",
            "olympiad_bench": "olympiadbench", "arc": "arc_challenge", "arc-c": "arc_challenge",
            "gpqa": "gpqa_diamond", "human_eval": "humaneval"}

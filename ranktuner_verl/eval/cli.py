@@ -4,13 +4,14 @@
                metrics.json}; resumes an interrupted run in the same OUT. MODEL: a HF dir, a verl checkpoint
                (global_step_N or its root) or a LoRA run, resolved by ranktuner_verl.checkpoints.
     grade      (re)grade the completions of result folders and rewrite their grades and metrics.
-    table      result folders -> PREFIX.md, PREFIX.csv, PREFIX.tex (runs x benchmarks, Pass@1 / Pass@16, average).
+    table      result folders -> PREFIX.md, PREFIX.csv, PREFIX.tex (configurations x benchmarks, Pass@1 / Pass@16,
+               math and OOD averages; mean over seeds with a 95% interval; a folder of seed folders is one row).
     agreement  math-verify vs the Qwen2.5-Math harness's rules on the gold solutions of local benchmark files.
 
 Examples:
     python -m ranktuner_verl.eval run --model ckpt/hf --out results/sft --backend vllm --tp 1 --dp 4
     python -m ranktuner_verl.eval run --model tiny --out results/tiny --backend hf --benchmarks aime24 --limit 3 --n 2
-    python -m ranktuner_verl.eval table results/sft results/ranktuner --out results/table
+    python -m ranktuner_verl.eval table results/sft results/ranktuner --out results/table   # results/sft/seed0 ...
 """
 
 from __future__ import annotations
@@ -124,10 +125,11 @@ def _summary_line(metrics: dict) -> str:
 
 
 def _bench_dirs(result_dir: Path) -> list[Path]:
-    """The benchmark folders in a result folder (or the folder itself if it is one)."""
+    """The benchmark folders in a result folder, or in a folder of result folders (seeds), or the folder itself."""
     if (result_dir / SETTINGS_FILE).is_file():
         return [result_dir]
-    found = sorted(p.parent for p in result_dir.glob(f"*/{SETTINGS_FILE}"))
+    found = sorted(p.parent for p in result_dir.glob(f"*/{SETTINGS_FILE}")) or sorted(
+        p.parent for p in result_dir.glob(f"*/*/{SETTINGS_FILE}"))
     if not found:
         raise ValueError(f"{result_dir} holds no generation results (no <benchmark>/{SETTINGS_FILE})")
     return found
@@ -181,10 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     table = commands.add_parser("table", help="result folders -> Markdown, CSV and LaTeX table",
                                 formatter_class=with_defaults)
-    table.add_argument("results", nargs="+", help="result folders, one row each")
+    table.add_argument("results", nargs="+", help="result folders, one row each; a folder of result folders "
+                       "(seed0/, seed1/, ...) is one row of several seeds")
     table.add_argument("--out", required=True, help="output prefix: writes PREFIX.md, PREFIX.csv, PREFIX.tex")
-    table.add_argument("--labels", default=None, help="comma-separated row labels (None: folder names)")
+    table.add_argument("--labels", default=None, help="comma-separated row labels, one per folder; folders with "
+                       "the same label are the seeds of one row (None: folder names)")
     table.add_argument("--k", type=int, nargs="+", default=[1, 16], help="which Pass@k columns")
+    table.add_argument("--allow-mixed", action="store_true", help="tabulate rows with different graders, n, "
+                       "problems or sampling settings (listed under the table) instead of refusing them")
 
     agreement = commands.add_parser("agreement", help="math-verify vs qwen grader on gold and perturbed answers",
                                     formatter_class=with_defaults)
@@ -232,7 +238,7 @@ def _run_command(args: argparse.Namespace) -> None:
             write_text_atomic(args.out, text)
     else:
         labels = args.labels.split(",") if args.labels else None
-        table = collect_table(args.results, labels, ks=tuple(args.k))
+        table = collect_table(args.results, labels, ks=tuple(args.k), allow_mixed=args.allow_mixed)
         paths = write_tables(table, args.out)
         print(to_markdown(table))
         print("wrote " + ", ".join(map(str, paths)))

@@ -58,17 +58,17 @@ def perturbed(answer: str) -> str:
 
 @pytest.fixture
 def write_reference_results(tiny_model_dir):
-    """``write(out_dir, problems, correct)``: a graded result folder where problem i has ``correct[i]`` of ``n``
-    samples right (its gold answer boxed) and the rest wrong (a changed number). Returns the metrics."""
+    """``write(out_dir, problems, correct, n, seed=0)``: a graded result folder where problem i has ``correct[i]`` of
+    ``n`` samples right (its gold answer boxed) and the rest wrong (a changed number). Returns the metrics."""
     from ranktuner_verl.eval.cli import grade_benchmark
     from ranktuner_verl.eval.backends import SamplingConfig
     from ranktuner_verl.eval.generate import generate_completions
 
-    def write(out_dir: Path, problems, correct: list[int], n: int) -> dict:
+    def write(out_dir: Path, problems, correct: list[int], n: int, seed: int = 0) -> dict:
         texts = {(p.id, s): boxed(p.answer if s < c else perturbed(p.answer))
                  for p, c in zip(problems, correct) for s in range(n)}
         backend = ScriptedBackend(tiny_model_dir, texts)
-        generate_completions(backend, problems, out_dir, SamplingConfig(n=n), progress=False)
+        generate_completions(backend, problems, out_dir, SamplingConfig(n=n, seed=seed), progress=False)
         return grade_benchmark(out_dir)
 
     return write
