@@ -269,7 +269,7 @@ def test_empty_cells_are_explained_under_the_markdown():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_graded_result_folders_give_known_values(tmp_path, eval_data_dir, write_reference_results):
+def test_graded_result_folders_give_known_values(tmp_path, eval_data_dir, write_reference_results, capsys):
     """Real grading of known answers; "good" has two seeds (a folder of seed folders), "bad" one."""
     aime = load_benchmark("aime24", path=eval_data_dir, limit=3)
     amc = load_benchmark("amc23", path=eval_data_dir, limit=2)
@@ -289,6 +289,8 @@ def test_graded_result_folders_give_known_values(tmp_path, eval_data_dir, write_
     assert bad[("aime24", 1)] == pytest.approx(100 / 12)
     assert good[("math_avg", 1)] == pytest.approx((100 * 7 / 12 + 100) / 2)
 
+    main(["grade", str(tmp_path / "good")])  # a folder of seed folders: every seed's benchmarks are re-graded
+    assert capsys.readouterr().out.count("aime24: 3 problems x 4 samples") == 2
     main(["table", str(tmp_path / "good"), str(tmp_path / "bad"), "--labels", "RankTuner,SFT", "--k", "1", "4",
           "--out", str(tmp_path / "tables" / "main")])
     markdown = (tmp_path / "tables" / "main.md").read_text()
