@@ -91,7 +91,7 @@ def test_reproduce_table_evaluates_every_seed_into_its_own_folder_and_tabulates_
     assert len(evals) == len(expected)
     for line, (loss, seed) in zip(evals, expected):
         assert f"--model w/checkpoints/{loss} --out w/results/{loss}/seed{seed} " in line and f"--seed {seed} " in line
-    assert sum("ranktuner_verl.integration.trainer" in line for line in lines) == 2, "one training run per loss"
+    assert sum("torch.distributed.run" in line for line in lines) == 2, "one training run per loss"
     folders = " ".join(f"w/results/{loss}/seed{seed}" for loss, seed in expected)
     assert lines[-1] == f"python -m ranktuner_verl.eval table {folders} --labels sft,sft,ranktuner,ranktuner " \
                         "--k 1 16 --out w/table"
