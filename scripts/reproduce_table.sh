@@ -5,7 +5,7 @@
 #
 # Usage: bash scripts/reproduce_table.sh [extra Hydra overrides for every training run]
 #   e.g.  BASE_MODEL=Qwen/Qwen2.5-Math-7B NUM_GPUS=4 bash scripts/reproduce_table.sh
-#         LOSSES="sft ranktuner" SEEDS=1,2,3 bash scripts/reproduce_table.sh optim.lr=2e-5
+#         LOSSES="sft ranktuner" bash scripts/reproduce_table.sh optim.lr=2e-5
 # Stages with outputs are skipped when run again: data (train.parquet), training (the checkpoint tracker, which verl
 # writes at the last step when trainer.save_freq=-1, its default), finished samples (evaluation resumes), so the
 # script can simply be run again after an interruption.
