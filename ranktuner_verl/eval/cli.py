@@ -30,17 +30,21 @@ from ranktuner_verl.eval.generate import (
 )
 from ranktuner_verl.eval.grading import DEFAULT_TIMEOUT_S, GRADERS, grade_many
 from ranktuner_verl.eval.metrics import benchmark_metrics
+from ranktuner_verl.eval.sandbox import UNSAFE_FLAG, choose_isolation
 from ranktuner_verl.eval.tables import METRICS_FILE, collect_table, to_markdown, write_tables
 
 GRADES_FILE = "grades.jsonl"
+UNSAFE_HELP = ("code benchmarks: where neither bubblewrap nor unshare can isolate the programs, run them anyway, "
+               "unisolated, with your rights (unsafe)")
 
 
-def grade_benchmark(bench_dir: str | Path, timeout: float | None = DEFAULT_TIMEOUT_S, workers: int = 1,
-                    grader: str = "math-verify") -> dict:
+def grade_benchmark(bench_dir: str | Path, timeout: float | None = DEFAULT_TIMEOUT_S, workers: int | None = None,
+                    grader: str = "math-verify", allow_unisolated_code: bool = False) -> dict:
     """Grade a benchmark folder's completions; write ``grades.jsonl`` and ``metrics.json``; return the metrics.
 
     The benchmark is the folder's name; its kind picks the grader (math: ``grader``, math-verify or qwen; choice:
-    the chosen letter; code: the tests run in a sandboxed process, ``timeout`` each). Every problem must have its
+    the chosen letter; code: the tests run in an isolated process, ``timeout`` each, see ``sandbox``). ``workers``:
+    grading processes (None: 1 for math, one per CPU core for code). Every problem must have its
     ``n`` completions (see ``generation.json``). ``length_limited`` is the share of samples that hit the token limit.
     """
     bench_dir = Path(bench_dir)
@@ -60,13 +64,14 @@ def grade_benchmark(bench_dir: str | Path, timeout: float | None = DEFAULT_TIMEO
     if kind == "code":
         grader = "tests"
         grades = code.grade_code_many(texts, [by_id[pid].extra for pid, _ in keys], timeout=timeout or
-                                      DEFAULT_TIMEOUT_S, workers=workers)
+                                      DEFAULT_TIMEOUT_S, workers=workers, desc=f"grading {bench_dir.name}",
+                                      isolation=choose_isolation(allow_unisolated_code))
     elif kind == "choice":
         grader = "choice letter"
         grades = [grade_choice(text, by_id[pid].answer, len(by_id[pid].extra["choices"]))
                   for text, (pid, _) in zip(texts, keys)]
     else:
-        grades = grade_many(texts, [by_id[pid].answer for pid, _ in keys], timeout=timeout, workers=workers,
+        grades = grade_many(texts, [by_id[pid].answer for pid, _ in keys], timeout=timeout, workers=workers or 1,
                             desc=f"grading {bench_dir.name}", grader=grader)
     outcomes: dict[str, list[bool]] = {p.id: [] for p in problems}
     for (pid, _), g in zip(keys, grades):
@@ -91,12 +96,13 @@ def evaluate(model: str | Path, out_dir: str | Path, benchmarks: Sequence[str] =
              data_dir: str | Path | None = None, limit: int | None = None, backend: str = "hf",
              backend_options: dict | None = None, sampling: SamplingConfig = SamplingConfig(),
              system_prompt: str | None = None, grade_timeout: float | None = DEFAULT_TIMEOUT_S,
-             grade_workers: int = 1, grader: str = "math-verify", progress: bool = True) -> dict[str, dict]:
+             grade_workers: int | None = None, grader: str = "math-verify", progress: bool = True,
+             allow_unisolated_code: bool = False) -> dict[str, dict]:
     """Generate, grade and score ``model`` on each benchmark into ``out_dir/<benchmark>``; benchmark -> metrics.
 
     ``system_prompt``: None for each benchmark's own (``Benchmark.system_prompt``). The GPQA choice order is
-    shuffled with ``sampling.seed``. All benchmarks are loaded (and the model directory checked) before anything
-    is generated or written.
+    shuffled with ``sampling.seed``. All benchmarks are loaded (and the model directory and, for code, the
+    isolation checked) before anything is generated or written.
     """
     names = [canonical_name(b) for b in benchmarks]
     if not names:
@@ -104,15 +110,22 @@ def evaluate(model: str | Path, out_dir: str | Path, benchmarks: Sequence[str] =
     if grader not in GRADERS:
         raise ValueError(f"unknown grader {grader!r}; choose one of {', '.join(GRADERS)}")
     problems = {name: load_benchmark(name, path=data_dir, limit=limit, seed=sampling.seed) for name in names}
+    check_code_isolation(names, allow_unisolated_code)
     generator = make_backend(backend, model, **(backend_options or {}))
     results = {}
     for name in names:
         prompt = system_prompt if system_prompt is not None else get(name).system_prompt
         generate_completions(generator, problems[name], Path(out_dir) / name, sampling, prompt, progress)
         results[name] = grade_benchmark(Path(out_dir) / name, timeout=grade_timeout, workers=grade_workers,
-                                        grader=grader)
+                                        grader=grader, allow_unisolated_code=allow_unisolated_code)
         print(_summary_line(results[name]), flush=True)
     return results
+
+
+def check_code_isolation(benchmarks: Sequence[str], allow_unisolated_code: bool) -> None:
+    """Where a benchmark runs code, refuse now (before any model loads) if no isolation works here."""
+    if any(get(name).kind == "code" for name in benchmarks):
+        choose_isolation(allow_unisolated_code)
 
 
 def _summary_line(metrics: dict) -> str:
@@ -172,14 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", help="hf: torch device")
     run.add_argument("--grade-timeout", type=float, default=DEFAULT_TIMEOUT_S,
                      help="seconds per answer (code: per program run)")
-    run.add_argument("--grade-workers", type=int, default=1, help="grading processes")
+    run.add_argument("--grade-workers", type=int, default=None,
+                     help="grading processes (None: 1 for math, one per CPU core for code)")
+    run.add_argument(UNSAFE_FLAG, action="store_true", help=UNSAFE_HELP)
 
     grade = commands.add_parser("grade", help="(re)grade result folders and rewrite their metrics",
                                 formatter_class=with_defaults)
     grade.add_argument("results", nargs="+", help="result folders (or single benchmark folders)")
     grade.add_argument("--grader", choices=GRADERS, default="math-verify", help="math benchmarks' grader")
     grade.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per answer")
-    grade.add_argument("--workers", type=int, default=1, help="grading processes")
+    grade.add_argument("--workers", type=int, default=None,
+                       help="grading processes (None: 1 for math, one per CPU core for code)")
+    grade.add_argument(UNSAFE_FLAG, action="store_true", help=UNSAFE_HELP)
 
     table = commands.add_parser("table", help="result folders -> Markdown, CSV and LaTeX table",
                                 formatter_class=with_defaults)
@@ -220,14 +237,17 @@ def _run_command(args: argparse.Namespace) -> None:
         sampling = SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
                                   max_new_tokens=args.max_new_tokens, seed=args.seed)
         benchmarks = [canonical_name(b) for b in args.benchmarks.split(",")]  # checked before any merge
+        check_code_isolation(benchmarks, args.allow_unisolated_code)
         model = resolve_model_dir(args.model, args.work_dir)
         evaluate(model, args.out, benchmarks, data_dir=args.data_dir, limit=args.limit, backend=args.backend,
                  backend_options=options, sampling=sampling, system_prompt=args.system_prompt,
-                 grade_timeout=args.grade_timeout, grade_workers=args.grade_workers, grader=args.grader)
+                 grade_timeout=args.grade_timeout, grade_workers=args.grade_workers, grader=args.grader,
+                 allow_unisolated_code=args.allow_unisolated_code)
     elif args.command == "grade":
         bench_dirs = [d for result in args.results for d in _bench_dirs(Path(result))]
         for bench_dir in bench_dirs:
-            metrics = grade_benchmark(bench_dir, timeout=args.timeout, workers=args.workers, grader=args.grader)
+            metrics = grade_benchmark(bench_dir, timeout=args.timeout, workers=args.workers, grader=args.grader,
+                                      allow_unisolated_code=args.allow_unisolated_code)
             print(_summary_line(metrics), flush=True)
     elif args.command == "agreement":
         from ranktuner_verl.eval import agreement

