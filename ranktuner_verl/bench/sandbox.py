@@ -1,7 +1,7 @@
 """Benchmark: the cost of isolating HumanEval programs, against the unisolated process, in the same run.
 
-    python -m ranktuner_verl.eval.bench_sandbox                 # 32 problems, 3 rounds, one worker per core
-    python -m ranktuner_verl.eval.bench_sandbox --problems 164 --rounds 1 --workers 1
+    python -m ranktuner_verl.bench.sandbox                 # 32 problems, 3 rounds, one worker per core
+    python -m ranktuner_verl.bench.sandbox --problems 164 --rounds 1 --workers 1
 
 Grades the canonical solutions of the first ``--problems`` HumanEval problems with each isolation that works here
 (``none`` is the baseline: a fresh ``python -I`` process with the same runner, as before the sandbox), the
@@ -24,12 +24,12 @@ from ranktuner_verl.eval.sandbox import ISOLATIONS, probe
 BASELINE = "none"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problems", type=int, default=32, help="first N HumanEval problems")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None, help="programs at a time (None: one per CPU core)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     problems = load_benchmark("humaneval", limit=args.problems)
     usable = [name for name in ISOLATIONS if name == BASELINE or probe(name, shutil.which(name)) is None]
     seconds: dict[str, list[float]] = {name: [] for name in usable}
