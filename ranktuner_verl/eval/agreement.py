@@ -9,11 +9,15 @@ benchmark file in DIR,
 
 with both graders (math-verify and ``--grader qwen``), and writes a Markdown table of the rates and the list of
 problems where the graders disagree (the table in docs/data_and_grading.md comes from this command).
+
+``python -m ranktuner_verl.eval truth-set tests/eval/answer_forms.txt [--out FILE.md]`` grades a truth set (answer
+forms labelled by what a careful human grader says) with both graders: agreement, false accepts and misses.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from ranktuner_verl.data.jsonl import read_jsonl
@@ -82,3 +86,60 @@ def to_markdown(results: dict[str, dict]) -> str:
     if disagreements:
         text += "\nDisagreements:\n\n" + "\n".join(disagreements) + "\n"
     return text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The truth set: answer forms labelled by what a careful human grader says (tests/eval/answer_forms.txt)
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Case:
+    right: bool  # the truth: the completion answers the gold
+    category: str
+    gold: str
+    completion: str
+
+
+FIELD_SEPARATOR, NEWLINE = " ‖ ", "⏎"
+
+
+def read_truth_set(path: str | Path) -> list[Case]:
+    """The cases of a truth-set file: ``right|wrong ‖ category ‖ gold ‖ completion`` a line (``⏎`` = newline,
+    ``#`` starts a comment line)."""
+    cases = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = [field.strip() for field in line.split(FIELD_SEPARATOR)]
+        if len(fields) != 4 or fields[0] not in ("right", "wrong") or not all(fields):
+            raise ValueError(f"{path}:{number}: expected 'right|wrong ‖ category ‖ gold ‖ completion', got {line!r}")
+        cases.append(Case(fields[0] == "right", fields[1], fields[2], fields[3].replace(NEWLINE, "\n")))
+    if not cases:
+        raise ValueError(f"{path} holds no cases")
+    return cases
+
+
+def grade_truth_set(cases: list[Case], workers: int = 1) -> dict[str, list[bool]]:
+    """grader -> whether it accepts each case's completion."""
+    return {grader: [g.correct for g in grade_many([c.completion for c in cases], [c.gold for c in cases],
+                                                   workers=workers, desc=f"truth set, {grader}", grader=grader)]
+            for grader in GRADERS}
+
+
+def truth_set_markdown(cases: list[Case], accepted: dict[str, list[bool]]) -> str:
+    """Per grader: agreement with the truth, false accepts, misses; then every case a grader gets wrong."""
+    rights = sum(c.right for c in cases)
+    lines = [f"| grader | cases | agrees with the truth | false accepts (of {len(cases) - rights} wrong) | "
+             f"misses (of {rights} right) |", "|---|---:|---:|---:|---:|"]
+    errors = []
+    for grader, verdicts in accepted.items():
+        false_accepts = [c for c, v in zip(cases, verdicts) if v and not c.right]
+        misses = [c for c, v in zip(cases, verdicts) if c.right and not v]
+        agree = 1 - (len(false_accepts) + len(misses)) / len(cases)
+        lines.append(f"| {grader} | {len(cases)} | {100 * agree:.1f}% | {len(false_accepts)} | {len(misses)} |")
+        errors += [f"- {grader} accepts ({c.category}): `{extract_answer(c.completion)}` for gold `{c.gold}`"
+                   for c in false_accepts]
+        errors += [f"- {grader} rejects ({c.category}): `{extract_answer(c.completion)}` for gold `{c.gold}`"
+                   for c in misses]
+    return "\n".join(lines) + "\n" + ("\nWhere a grader differs from the truth:\n\n" + "\n".join(errors) + "\n"
+                                      if errors else "")

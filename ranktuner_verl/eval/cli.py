@@ -7,6 +7,7 @@
     table      result folders -> PREFIX.md, PREFIX.csv, PREFIX.tex (configurations x benchmarks, Pass@1 / Pass@16,
                math and OOD averages; mean over seeds with a 95% interval; a folder of seed folders is one row).
     agreement  math-verify vs the Qwen2.5-Math harness's rules on the gold solutions of local benchmark files.
+    truth-set  both math graders against answer forms labelled by a careful human grader (tests/eval/answer_forms.txt).
 
 Examples:
     python -m ranktuner_verl.eval run --model ckpt/hf --out results/sft --backend vllm --tp 1 --dp 4
@@ -23,7 +24,9 @@ from pathlib import Path
 
 from ranktuner_verl.eval import code
 from ranktuner_verl.eval.backends import DEFAULT_CHUNK_SIZE, SamplingConfig, make_backend
-from ranktuner_verl.eval.benchmarks import BENCHMARKS, DEFAULT_BENCHMARKS, canonical_name, get, load_benchmark
+from ranktuner_verl.eval.benchmarks import (
+    BENCHMARKS, DEFAULT_BENCHMARKS, OPTION_ORDERS, as_sampled, canonical_name, get, load_benchmark,
+)
 from ranktuner_verl.eval.choice import grade_choice
 from ranktuner_verl.eval.generate import (
     COMPLETIONS_FILE, SETTINGS_FILE, generate_completions, read_completions, read_problems, write_text_atomic,
@@ -68,8 +71,8 @@ def grade_benchmark(bench_dir: str | Path, timeout: float | None = DEFAULT_TIMEO
                                       isolation=choose_isolation(allow_unisolated_code))
     elif kind == "choice":
         grader = "choice letter"
-        grades = [grade_choice(text, by_id[pid].answer, len(by_id[pid].extra["choices"]))
-                  for text, (pid, _) in zip(texts, keys)]
+        grades = [grade_choice(text, as_sampled(by_id[pid], s).answer, len(by_id[pid].extra["choices"]))
+                  for text, (pid, s) in zip(texts, keys)]
     else:
         grades = grade_many(texts, [by_id[pid].answer for pid, _ in keys], timeout=timeout, workers=workers or 1,
                             desc=f"grading {bench_dir.name}", grader=grader)
@@ -96,20 +99,22 @@ def evaluate(model: str | Path, out_dir: str | Path, benchmarks: Sequence[str] =
              data_dir: str | Path | None = None, limit: int | None = None, backend: str = "hf",
              backend_options: dict | None = None, sampling: SamplingConfig = SamplingConfig(),
              system_prompt: str | None = None, grade_timeout: float | None = DEFAULT_TIMEOUT_S,
-             grade_workers: int | None = None, grader: str = "math-verify", progress: bool = True,
-             allow_unisolated_code: bool = False) -> dict[str, dict]:
+             grade_workers: int | None = None, grader: str = "math-verify", gpqa_order: str = "per-problem",
+             progress: bool = True, allow_unisolated_code: bool = False) -> dict[str, dict]:
     """Generate, grade and score ``model`` on each benchmark into ``out_dir/<benchmark>``; benchmark -> metrics.
 
     ``system_prompt``: None for each benchmark's own (``Benchmark.system_prompt``). The GPQA choice order is
-    shuffled with ``sampling.seed``. All benchmarks are loaded (and the model directory and, for code, the
-    isolation checked) before anything is generated or written.
+    shuffled with ``sampling.seed``, once per problem or once per sample (``gpqa_order``, ``OPTION_ORDERS``). All
+    benchmarks are loaded (and the model directory and, for code, the isolation checked) before anything is
+    generated or written.
     """
     names = [canonical_name(b) for b in benchmarks]
     if not names:
         raise ValueError(f"no benchmarks given; choose from {', '.join(BENCHMARKS)}")
     if grader not in GRADERS:
         raise ValueError(f"unknown grader {grader!r}; choose one of {', '.join(GRADERS)}")
-    problems = {name: load_benchmark(name, path=data_dir, limit=limit, seed=sampling.seed) for name in names}
+    problems = {name: load_benchmark(name, path=data_dir, limit=limit, seed=sampling.seed, option_order=gpqa_order)
+                for name in names}
     check_code_isolation(names, allow_unisolated_code)
     generator = make_backend(backend, model, **(backend_options or {}))
     results = {}
@@ -175,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--system-prompt", default=None, help="None: the benchmark's (math, choice: the Qwen2.5-Math "
                      "CoT prompt; code: a code-block prompt)")
     run.add_argument("--grader", choices=GRADERS, default="math-verify", help="math benchmarks' grader")
+    run.add_argument("--gpqa-order", choices=OPTION_ORDERS, default="per-problem",
+                     help="GPQA's choice order: one per problem for all its samples (Pass@k's k samples of one "
+                     "prompt), or a new one per sample (simple-evals' per-repeat order); the paper does not say")
     run.add_argument("--tp", type=int, default=1, help="vllm: tensor-parallel GPUs per replica")
     run.add_argument("--dp", type=int, default=1, help="data-parallel replicas, each in its own process (vllm: tp x "
                      "dp GPUs in all; hf: one GPU each with --device cuda, or a share of the CPU cores)")
@@ -215,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     agreement.add_argument("--limit", type=int, default=None, help="first N problems of each (None: all)")
     agreement.add_argument("--out", default=None, help="also write the Markdown to this file")
     agreement.add_argument("--workers", type=int, default=1, help="grading processes")
+
+    truth = commands.add_parser("truth-set", help="both math graders against a labelled set of answer forms",
+                                formatter_class=with_defaults)
+    truth.add_argument("cases", help="the truth-set file (the project's: tests/eval/answer_forms.txt)")
+    truth.add_argument("--out", default=None, help="also write the Markdown to this file")
+    truth.add_argument("--workers", type=int, default=1, help="grading processes")
     return parser
 
 
@@ -242,7 +256,7 @@ def _run_command(args: argparse.Namespace) -> None:
         evaluate(model, args.out, benchmarks, data_dir=args.data_dir, limit=args.limit, backend=args.backend,
                  backend_options=options, sampling=sampling, system_prompt=args.system_prompt,
                  grade_timeout=args.grade_timeout, grade_workers=args.grade_workers, grader=args.grader,
-                 allow_unisolated_code=args.allow_unisolated_code)
+                 gpqa_order=args.gpqa_order, allow_unisolated_code=args.allow_unisolated_code)
     elif args.command == "grade":
         bench_dirs = [d for result in args.results for d in _bench_dirs(Path(result))]
         for bench_dir in bench_dirs:
@@ -253,6 +267,14 @@ def _run_command(args: argparse.Namespace) -> None:
         from ranktuner_verl.eval import agreement
 
         text = agreement.to_markdown(agreement.measure(args.data_dir, limit=args.limit, workers=args.workers))
+        print(text)
+        if args.out:
+            write_text_atomic(args.out, text)
+    elif args.command == "truth-set":
+        from ranktuner_verl.eval import agreement
+
+        cases = agreement.read_truth_set(args.cases)
+        text = agreement.truth_set_markdown(cases, agreement.grade_truth_set(cases, workers=args.workers))
         print(text)
         if args.out:
             write_text_atomic(args.out, text)

@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ranktuner_verl.eval.backends import Request, SamplingConfig, problem_seed
-from ranktuner_verl.eval.benchmarks import Problem
+from ranktuner_verl.eval.benchmarks import Problem, as_sampled, per_sample_order
 from ranktuner_verl.data.jsonl import read_jsonl
 from ranktuner_verl.data.prompts import COT_SYSTEM_PROMPT, to_messages
 
@@ -81,10 +81,16 @@ def generate_completions(backend, problems: Sequence[Problem], out_dir: str | Pa
     todo = []
     for problem in problems:
         missing = tuple(s for s in range(sampling.n) if (problem.id, s) not in done)
-        if missing:
-            prompt = prompts[problem.id]
+        if not missing:
+            continue
+        if per_sample_order(problem):  # each sample sees its own choice order: one request per sample
+            groups = [((s,), tuple(chat_prompt_ids(backend.tokenizer, as_sampled(problem, s).question, system_prompt)))
+                      for s in missing]
+        else:
+            groups = [(missing, prompts[problem.id])]
+        for samples, prompt in groups:
             limit = new_token_limit(sampling.max_new_tokens, backend.context_length, len(prompt))
-            todo.append(Request(problem.id, missing, prompt, problem_seed(sampling.seed, problem.id, missing[0]),
+            todo.append(Request(problem.id, samples, prompt, problem_seed(sampling.seed, problem.id, samples[0]),
                                 limit))
     total = len(problems) * sampling.n
     if todo:

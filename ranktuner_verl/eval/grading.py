@@ -4,26 +4,25 @@
 fall-backs when there is none, in the spirit of the Qwen2.5-Math evaluation harness: "final answer is X" /
 "final answer: X", then "the answer is X" / "answer: X", then the last number in the text.
 
-``grade`` compares the extracted answer with the gold one with ``grader`` "math-verify" (default: equal strings are
-correct at once; otherwise both are parsed by math-verify, ``parse`` + ``verify``,
-https://github.com/huggingface/Math-Verify, and compared symbolically and numerically) or "qwen" (the Qwen2.5-Math
-harness's rules, ``ranktuner_verl.eval.qwen_grader``). The whole comparison runs under a per-answer wall-clock limit (SIGALRM, main thread). An error or a
-timeout is reported in the returned ``Grade`` (counted as wrong), never raised, so one pathological answer cannot stop
-a run.
+``grade`` compares the extracted answer with the gold one with ``grader`` "math-verify" (default: both answers read
+by ``answer_forms`` (scientific notation, units, percent, degrees, thousands separators), lists of answers in any
+order, plain numbers by ``answer_forms.numbers_equal`` (exact, or a relative 1e-4 for decimals), the rest by
+math-verify's ``parse`` + ``verify``, https://github.com/huggingface/Math-Verify, symbolically and numerically) or
+"qwen" (the Qwen2.5-Math harness's rules, ``ranktuner_verl.eval.qwen_grader``). Each comparison runs in a worker
+process that is killed past a per-answer wall-clock limit (``compare_pool``). An error or a timeout is reported in the
+returned ``Grade`` (counted as wrong), never raised, so one pathological answer cannot stop a run.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
-import signal
-import threading
-import time
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
+
+from ranktuner_verl.eval.answer_forms import (
+    answer_list, numbers_equal, read_number, same_items, scientific_to_latex, strip_dressing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +73,11 @@ def _braced_content(text: str, open_at: int) -> str | None:
     return None
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` (or ``\\boxed 5``); an unclosed one is skipped."""
-    for match in reversed(list(_BOX_COMMAND.finditer(text))):
+def boxed_contents(text: str) -> list[tuple[int, str]]:
+    """(position, content) of each complete ``\\boxed{...}`` / ``\\fbox{...}`` (or ``\\boxed 5``), in order; an
+    unclosed or empty one is skipped."""
+    found = []
+    for match in _BOX_COMMAND.finditer(text):
         rest = match.end()
         while rest < len(text) and text[rest] == " ":
             rest += 1
@@ -87,8 +88,14 @@ def last_boxed(text: str) -> str | None:
         else:
             content = None
         if content is not None and content.strip():
-            return content.strip()
-    return None
+            found.append((match.start(), content.strip()))
+    return found
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` (or ``\\boxed 5``); an unclosed one is skipped."""
+    found = boxed_contents(text)
+    return found[-1][1] if found else None
 
 
 def _answer_after(anchor: re.Pattern, text: str) -> str | None:
@@ -97,11 +104,12 @@ def _answer_after(anchor: re.Pattern, text: str) -> str | None:
     if not matches:
         return None
     rest = text[matches[-1].end() :].lstrip()
+    rest = rest.lstrip("*").lstrip()  # "**Answer:** $42$"
     for opener, closer in _MATH_DELIMITERS:
         if rest.startswith(opener):
-            end = rest.find(closer, len(opener))
-            if end > 0:
-                return rest[len(opener) : end].strip() or None
+            end = re.search(r"(?<!\\)" + re.escape(closer), rest[len(opener) :])  # "$\$58,500$": \$ is no closer
+            if end:
+                return rest[len(opener) : len(opener) + end.start()].strip() or None
     sentence = re.split(r"\n|\.\s|\.$", rest, maxsplit=1)[0]
     return sentence.strip().strip("$").strip() or None
 
@@ -126,48 +134,8 @@ def extract_answer(text: str) -> str | None:
 # Comparison
 # ---------------------------------------------------------------------------------------------------------------
 
-
-class _GradingTimeout(BaseException):
-    """Raised by the alarm; a BaseException so that library ``except Exception`` blocks cannot swallow it."""
-
-
-_ALARM_REPEAT_S = 0.05  # once due, the alarm fires again at this interval until the block ends
-
-
-@contextmanager
-def _time_limit(seconds: float | None):
-    """Interrupt the block after ``seconds`` of wall time (SIGALRM; main thread only, elsewhere no limit).
-
-    Yields a list that holds ``True`` once the limit has passed. Python drops an exception raised inside a
-    ``__del__`` or weakref callback (sympy runs many), so the alarm repeats every ``_ALARM_REPEAT_S`` until one
-    lands, and a caller whose block ended anyway reads the flag. An alarm already armed by the caller (e.g.
-    pytest-timeout) is re-armed afterwards with its remaining time.
-    """
-    expired: list[bool] = []
-    if not seconds or seconds <= 0 or threading.current_thread() is not threading.main_thread():
-        yield expired
-        return
-
-    def on_alarm(signum, frame):
-        expired[:] = [True]
-        raise _GradingTimeout()
-
-    started = time.monotonic()
-    previous_handler = signal.signal(signal.SIGALRM, on_alarm)
-    previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, seconds, _ALARM_REPEAT_S)
-    try:
-        yield expired
-    finally:
-        try:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        finally:  # even if the alarm fired just before it was disarmed
-            signal.signal(signal.SIGALRM, previous_handler)
-            if previous_delay > 0:
-                remaining = max(previous_delay - (time.monotonic() - started), 1e-3)
-                signal.setitimer(signal.ITIMER_REAL, remaining, previous_interval)
-
-
 _WHOLE_TEXT_WRAPPER = re.compile(r"^\\(?:text|textbf|mathrm|mathbf)\{(.*)\}$", re.DOTALL)
+_WORDS = re.compile(r"^[A-Za-z][A-Za-z ]*$")
 
 
 def _tidy(answer: str) -> str:
@@ -186,7 +154,7 @@ def _tidy(answer: str) -> str:
 
 
 class _DropTimeoutDisabledNotice(logging.Filter):
-    """math-verify warns when its own timeout is off; ours (``_time_limit``) replaces it, so the notice is noise."""
+    """math-verify warns when its own timeout is off; ours (a killed worker process) replaces it: the notice is noise."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Timeout is disabled")
@@ -197,7 +165,7 @@ for _name in ("math_verify.parser", "math_verify.grader"):
 
 
 def _parse(answer: str):
-    """math-verify's parse of one bare answer (as if boxed); our own alarm bounds its time, so its own is off."""
+    """math-verify's parse of one bare answer (as if boxed); the worker's time limit bounds it, so its own is off."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 
     return parse(
@@ -208,24 +176,33 @@ def _parse(answer: str):
     )
 
 
-@functools.cache
-def _warm_up(grader: str) -> None:
-    """Import the grader's parsers once, outside any time limit (a fresh process needs seconds)."""
-    if grader == "qwen":
-        from ranktuner_verl.eval.qwen_grader import qwen_equal
-
-        qwen_equal("x^2", "x \\cdot x")
-        return
-    from math_verify import verify
-
-    verify(_parse("1"), _parse("1"), timeout_seconds=None)
+def _read(answer: str) -> str:
+    return strip_dressing(scientific_to_latex(_tidy(answer)))
 
 
 def _equivalent(gold: str, predicted: str) -> bool:
-    from math_verify import verify
-
+    """The default grader: ``answer_forms``' reading of both answers, lists in any order, plain numbers compared by
+    ``numbers_equal``, the rest by math-verify's ``parse`` + ``verify``."""
+    gold, predicted = _read(gold), _read(predicted)
     if _compact(gold) == _compact(predicted):
         return True
+    gold_items, predicted_items = answer_list(gold), answer_list(predicted)
+    if len(gold_items) > 1 or len(predicted_items) > 1:
+        return same_items(gold_items, predicted_items, _one_equivalent)
+    return _one_equivalent(gold, predicted)
+
+
+def _one_equivalent(gold: str, predicted: str) -> bool:
+    from math_verify import verify
+
+    gold, predicted = _read(gold), _read(predicted)
+    if _compact(gold) == _compact(predicted):
+        return True
+    if _WORDS.match(gold) and _WORDS.match(predicted):  # \text{east} = \text{East}
+        return gold.lower() == predicted.lower()
+    gold_number, predicted_number = read_number(gold), read_number(predicted)
+    if gold_number is not None and predicted_number is not None:
+        return numbers_equal(gold_number, predicted_number)
     gold_parsed = _parse(gold)
     if not gold_parsed:
         raise ValueError(f"math-verify could not parse the gold answer {gold!r}")
@@ -236,70 +213,70 @@ def _compact(answer: str) -> str:
     return re.sub(r"\s+", "", answer)
 
 
+def compare(gold: str, predicted: str, grader: str) -> bool:
+    """Whether the extracted answer ``predicted`` equals ``gold`` under ``grader`` (no time limit: see ``grade``)."""
+    if grader == "qwen":
+        from ranktuner_verl.eval.qwen_grader import qwen_equal
+
+        return qwen_equal(_tidy(predicted), _tidy(gold))
+    return _equivalent(gold, predicted)
+
+
+_WARM_UP = [("1", "1", grader) for grader in GRADERS] + [("x^2", "x \\cdot x", grader) for grader in GRADERS]
+_pool = None
+
+
+def _comparisons(workers: int):
+    """The process's pool of comparison workers (``compare_pool``), grown to ``workers``."""
+    global _pool
+    from ranktuner_verl.eval.compare_pool import ComparisonPool
+
+    if _pool is None:
+        _pool = ComparisonPool(compare, workers, warm_up=_WARM_UP)
+    _pool.resize(workers)
+    return _pool
+
+
+def _check_grader(grader: str) -> None:
+    if grader not in GRADERS:
+        raise ValueError(f"unknown grader {grader!r}; choose one of {', '.join(GRADERS)}")
+
+
 def grade(completion: str, gold: str, timeout: float | None = DEFAULT_TIMEOUT_S, grader: str = "math-verify") -> Grade:
     """Grade one completion against the gold answer with ``grader`` (``GRADERS``); never raises (errors and
     timeouts land in ``Grade.error``)."""
-    if grader not in GRADERS:
-        raise ValueError(f"unknown grader {grader!r}; choose one of {', '.join(GRADERS)}")
-    extracted = extract_answer(completion)
-    if extracted is None:
-        return Grade(correct=False, extracted=None)
-    _warm_up(grader)
-    timed_out = Grade(correct=False, extracted=extracted, error=f"timeout after {timeout or 0:g}s")
-    try:
-        with _time_limit(timeout) as expired:
-            if grader == "qwen":
-                from ranktuner_verl.eval.qwen_grader import qwen_equal
-
-                correct = qwen_equal(_tidy(extracted), _tidy(str(gold)))
-            else:
-                correct = _equivalent(_tidy(str(gold)), _tidy(extracted))
-    except _GradingTimeout:
-        return timed_out
-    except Exception as error:  # noqa: BLE001 - a grader failure is a counted outcome, not a crash
-        return timed_out if expired else Grade(False, extracted, f"{type(error).__name__}: {error}"[:500])
-    return timed_out if expired else Grade(correct=correct, extracted=extracted)
-
-
-def _grade_pair(pair: tuple[str, str, float | None, str]) -> Grade:
-    return grade(*pair)
+    return grade_many([completion], [gold], timeout, grader=grader, progress=False)[0]
 
 
 def grade_many(completions: Sequence[str], golds: Sequence[str], timeout: float | None = DEFAULT_TIMEOUT_S,
-               workers: int = 1, desc: str = "grading", grader: str = "math-verify") -> list[Grade]:
+               workers: int = 1, desc: str = "grading", grader: str = "math-verify",
+               progress: bool = True) -> list[Grade]:
     """Grade ``completions[i]`` against ``golds[i]`` for all i, in order, with a progress bar counting failures.
 
-    ``workers > 1`` grades in that many worker processes (each enforces the timeout in its own main thread).
+    Each comparison runs in one of ``workers`` persistent worker processes, killed and replaced when it runs past
+    ``timeout`` seconds (``compare_pool``); the answers are extracted here.
     """
     from tqdm.auto import tqdm
 
     if len(completions) != len(golds):
         raise ValueError(f"grade_many needs one gold answer per completion: got {len(completions)} completions "
                          f"and {len(golds)} gold answers")
-    if grader not in GRADERS:
-        raise ValueError(f"unknown grader {grader!r}; choose one of {', '.join(GRADERS)}")
-    pairs = [(completion, gold, timeout, grader) for completion, gold in zip(completions, golds)]
-    grades: list[Grade] = []
+    _check_grader(grader)
+    extracted = [extract_answer(completion) for completion in completions]
+    grades: list[Grade | None] = [None if answer is not None else Grade(False, None) for answer in extracted]
+    todo = [i for i, answer in enumerate(extracted) if answer is not None]
     correct = errors = timeouts = 0
-    with tqdm(total=len(pairs), desc=desc, unit="answer") as bar:
-        if workers > 1:
-            import multiprocessing
-
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-            results = pool.map(_grade_pair, pairs, chunksize=max(1, min(64, len(pairs) // (4 * workers))))
-        else:
-            pool, results = None, map(_grade_pair, pairs)
-        try:
-            for result in results:
-                grades.append(result)
+    with tqdm(total=len(completions), desc=desc, unit="answer", disable=not progress) as bar:
+        bar.update(len(completions) - len(todo))
+        if todo:
+            tasks = [(str(golds[i]), extracted[i], grader) for i in todo]
+            for k, is_correct, error in _comparisons(max(1, workers)).run(tasks, timeout):
+                result = grades[todo[k]] = Grade(is_correct and error is None, extracted[todo[k]], error)
                 correct += result.correct
                 timeouts += result.timed_out
                 errors += result.error is not None and not result.timed_out
                 bar.set_postfix(correct=correct, errors=errors, timeouts=timeouts, refresh=False)
                 bar.update()
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
     if errors or timeouts:
         logger.warning("grading: %d of %d answers failed to grade (%d errors, %d timeouts); counted as wrong",
                        errors + timeouts, len(grades), errors, timeouts)

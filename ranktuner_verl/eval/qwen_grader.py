@@ -29,6 +29,10 @@ from __future__ import annotations
 import math
 import re
 
+from ranktuner_verl.eval.answer_forms import (
+    answer_list, read_number, same_items, scientific_to_latex, split_top_level, strip_unit,
+)
+
 _UNITS = ("degrees", "degree", "cm", "centimeters", "meters", "metres", "m", "km", "kilometers", "inches", "inch",
           "feet", "foot", "ft", "units", "unit", "square", "sq", "dollars", "dollar", "cents", "cent", "hours",
           "hour", "minutes", "minute", "seconds", "second", "mph", "miles", "mile", "days", "day", "years", "year",
@@ -38,13 +42,17 @@ _UNIT_TAIL = re.compile(r"(?:\\,|\\ |\s)*(?:\\(?:text|mbox|mathrm)\{\s*)?(?:" + 
 _SPACING = re.compile(r"\\[!,;:> ]|\\quad|\\qquad")
 _WRAPPER = re.compile(r"\\(?:text|mbox|textbf|mathrm|mathbf|boldsymbol)\{([^{}]*)\}")
 _NUMBER = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?%?$", re.IGNORECASE)
+_SHORT_LEFT_SIDE = re.compile(r"^(?:[A-Za-z]\w?|[A-Za-z]\([A-Za-z]\))=")
 _CHOICE = re.compile(r"^\(?([A-E])\)?(?:[.:)\s].*)?$", re.DOTALL)
 
 
 def normalize(answer: str) -> str:
     """The harness-style clean-up of one answer (see the module doc)."""
-    s = str(answer).strip().replace("\n", "").rstrip(".")
-    s = _SPACING.sub("", s).replace("\\\\", "\\")
+    s = scientific_to_latex(strip_unit(str(answer).strip().replace("\n", "").rstrip(".")))
+    s = "\\\\".join(_SPACING.sub("", part) for part in s.split("\\\\"))  # keep a matrix's row separator \\
+    s = re.sub(r"\\begin\{[bBvV]?matrix\}", r"\\begin{pmatrix}", s)
+    s = re.sub(r"\\end\{[bBvV]?matrix\}", r"\\end{pmatrix}", s)
+    s = re.sub(r"^[A-Za-z]\s*\\in\s*", "", s)  # "x \in [-2,7]"
     s = s.replace("tfrac", "frac").replace("dfrac", "frac").replace("\\left", "").replace("\\right", "")
     s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("°", "").replace("\\$", "").replace("$", "")
     s = s.replace("\\%", "").replace("%", "")
@@ -53,22 +61,23 @@ def normalize(answer: str) -> str:
     s = _WRAPPER.sub(r"\1", s)
     s = re.sub(r"\binfinity\b|\binf\b", r"\\infty", s)
     s = s.replace(" and ", ",").replace(" ", "")
-    if s.count("=") == 1 and len(s.split("=")[0]) <= 2:  # "x=5", "k=3" -> the value
+    if s.count("=") == 1 and _SHORT_LEFT_SIDE.match(s):  # "x=5", "k=3", "f(x)=2x" -> the value
         s = s.split("=")[1]
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\sqrt(\d+)", r"\\sqrt{\1}", s)
     s = re.sub(r"^(-?\d+)/(\d+)$", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"(\d),(\d{3})(?=\D|$)", r"\1\2", s)
+    s = re.sub(r"(?<=\d),(?=\d{3}(?:\D|$))", "", s)
+    s = re.sub(r"(?<=\d)\.(?=/|$)", "", s)  # Minerva's "-1./3"
     s = re.sub(r"(\d+)\.0+(?=\D|$)", r"\1", s)
     s = re.sub(r"(^|[^\d])\.(\d)", r"\g<1>0.\2", s)
     return s
 
 
 def _number(text: str) -> float | None:
-    text = text.replace(",", "")
     if not _NUMBER.match(text):
-        return None
+        written = read_number(text)  # 4.5\times10^{33}, \frac{1}{2}
+        return None if written is None else float(written.value)
     return float(text[:-1]) / 100 if text.endswith("%") else float(text)
 
 
@@ -96,17 +105,9 @@ def _symbolic_equal(a: str, b: str) -> bool:
         return False
 
 
-def _split_top_level(text: str) -> list[str]:
-    parts, depth, current = [], 0, ""
-    for char in text:
-        depth += char in "([{"
-        depth -= char in ")]}"
-        if char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    return parts + [current]
+def _brackets(text: str) -> str:
+    """The brackets that could make intervals (round and square), in order; "" if there are none."""
+    return "".join(re.findall(r"[\[\]()]", text))
 
 
 def qwen_equal(prediction: str | None, reference: str | None) -> bool:
@@ -119,18 +120,21 @@ def qwen_equal(prediction: str | None, reference: str | None) -> bool:
     if ref in ("A", "B", "C", "D", "E"):
         choice = _CHOICE.match(str(prediction).strip().strip("$")) or _CHOICE.match(pred)
         return bool(choice) and choice.group(1) == ref
+    pred_items, ref_items = answer_list(pred), answer_list(ref)
+    if len(ref_items) > 1 or len(pred_items) > 1:  # several answers (OlympiadBench): the same ones, in any order
+        return same_items(ref_items, pred_items, lambda r, p: qwen_equal(p, r))
     pred_number, ref_number = _number(pred), _number(ref)
     if pred_number is not None and ref_number is not None:
         return any(math.isclose(pred_number, r, rel_tol=1e-4) for r in (ref_number / 100, ref_number,
                                                                           ref_number * 100))
     if not pred:
         return False
-    if {pred[:1], ref[:1]} != {"(", "["} and {pred[-1:], ref[-1:]} != {")", "]"} and \
+    if _brackets(pred) in (_brackets(ref), "", "()", "{}") and _brackets(ref) in (_brackets(pred), "", "()", "{}") and \
             re.sub(r"[\[\](){}]", "", pred).lower() == re.sub(r"[\[\](){}]", "", ref).lower():
-        return True  # brackets do not matter, unless they make an interval open on one side, closed on the other
+        return True  # brackets do not matter, unless they make an interval open or closed: (0,9] is not (0,9)
     bracketed = re.compile(r"^[(\[].+[)\]]$")
     if bracketed.match(pred) and bracketed.match(ref):
-        pred_items, ref_items = _split_top_level(pred[1:-1]), _split_top_level(ref[1:-1])
+        pred_items, ref_items = split_top_level(pred[1:-1]), split_top_level(ref[1:-1])
         if len(pred_items) == len(ref_items) > 1 and pred[0] == ref[0] and pred[-1] == ref[-1]:
             return all(qwen_equal(p, r) for p, r in zip(pred_items, ref_items))
     if pred.count("=") == 1 and ref.count("=") == 1:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import random
 import re
-import signal
 import threading
 import time
 
 import pytest
 
 from ranktuner_verl.eval.benchmarks import DEFAULT_BENCHMARKS, REGISTRY, load_benchmark
-from ranktuner_verl.eval import grading
-from ranktuner_verl.eval.grading import Grade, _GradingTimeout, _time_limit, extract_answer, grade, grade_many
+from ranktuner_verl.eval.grading import GRADERS, Grade, extract_answer, grade, grade_many
 
 
 @pytest.mark.parametrize("text, answer", [
@@ -58,56 +56,23 @@ def test_no_answer_and_bad_gold_are_reported_not_raised():
     assert not failed.correct and failed.extracted == "3" and "could not parse the gold answer" in failed.error
 
 
-def test_slow_comparison_times_out_and_an_outer_alarm_survives():
-    fired = []
-    previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(True))
-    signal.setitimer(signal.ITIMER_REAL, 3.0)  # as pytest-timeout's signal method would arm it
-    try:
+def test_a_comparison_past_its_limit_is_killed_and_the_next_one_runs():
+    # sympy inside C code ignores an alarm (the old limit ran 29-51 s over a 5 s one); a killed worker cannot
+    for grader in GRADERS:
+        assert grade("\\boxed{0.5}", "\\frac12", grader=grader).correct  # a started worker (after a kill: a new one)
         started = time.monotonic()
-        slow = grade("\\boxed{(x+1)^{400}-(x-1)^{400}}", "3", timeout=0.2)  # ~1 s cold
-        assert time.monotonic() - started < 2.0
-        assert slow.timed_out and slow.error == "timeout after 0.2s" and not slow.correct
-        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
-        assert 0 < remaining < 3.0  # the caller's alarm is re-armed with what was left of it
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
-        time.sleep(0.2)
-        assert fired == [True]
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        slow = grade("\\boxed{(10^{10^{10}})!}", "3", timeout=0.5, grader=grader)
+        assert time.monotonic() - started < 2.0, grader
+        assert slow == Grade(False, "(10^{10^{10}})!", "timeout after 0.5s") and slow.timed_out
 
 
-class _SlowToCollect:
-    def __del__(self):
-        time.sleep(0.3)  # an alarm that fires here has its exception dropped by Python
-
-
-def test_an_alarm_dropped_inside_a_finaliser_still_ends_the_block_and_is_reported():
-    # Python drops an exception raised in a __del__ or weakref callback (sympy runs many): the CI once graded a
-    # slow answer as merely wrong because the only alarm landed in one
-    started = time.monotonic()
-    with pytest.raises(_GradingTimeout), _time_limit(0.1) as expired:
-        _SlowToCollect()
-        assert expired == [True]  # the block went on: the flag tells the caller
-        time.sleep(5)  # the repeated alarm ends it
-    assert time.monotonic() - started < 1.0
-
-
-def test_a_comparison_that_outlived_its_limit_is_a_timeout_even_if_it_returned(monkeypatch):
-    def slow_but_correct(gold, predicted):
-        _SlowToCollect()  # the limit passes while the alarm's exception is dropped; the comparison then returns
-        return True
-
-    monkeypatch.setattr(grading, "_equivalent", slow_but_correct)
-    assert grade("\\boxed{3}", "3", timeout=0.1) == Grade(False, "3", "timeout after 0.1s")
-
-
-def test_grading_off_the_main_thread_works_without_the_timer():
+def test_grading_off_the_main_thread_keeps_its_time_limit():
     grades = []
-    worker = threading.Thread(target=lambda: grades.append(grade("\\boxed{0.5}", "\\frac12")))
+    worker = threading.Thread(target=lambda: grades.extend([grade("\\boxed{0.5}", "\\frac12"),
+                                                             grade("\\boxed{(10^{10^{10}})!}", "3", timeout=0.5)]))
     worker.start()
     worker.join()
-    assert grades == [Grade(True, "0.5", None)]
+    assert grades == [Grade(True, "0.5", None), Grade(False, "(10^{10^{10}})!", "timeout after 0.5s")]
 
 
 def test_grade_many_in_processes_matches_grade_and_counts_failures(caplog):
