@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ranktuner_verl.data.jsonl import read_jsonl
 from ranktuner_verl.eval.benchmarks import DEFAULT_BENCHMARKS, REGISTRY, load_benchmark
-from ranktuner_verl.eval.grading import GRADERS, extract_answer, grade_many
+from ranktuner_verl.eval.grading import DEFAULT_TIMEOUT_S, GRADERS, extract_answer, grade_many
 
 
 def references(name: str, data_dir: str | Path, limit: int | None = None) -> tuple[list[str], list[str]]:
@@ -43,7 +43,7 @@ def perturbed(answer: str) -> str | None:
 
 
 def measure(data_dir: str | Path, benchmarks=DEFAULT_BENCHMARKS, limit: int | None = None,
-            workers: int = 1) -> dict[str, dict]:
+            workers: int = 1, timeout: float | None = DEFAULT_TIMEOUT_S) -> dict[str, dict]:
     """benchmark -> {"gold": {grader: [bool]}, "wrong": {grader: [bool]}, "gold_cases", "wrong_cases"}."""
     results = {}
     for name in benchmarks:
@@ -51,11 +51,10 @@ def measure(data_dir: str | Path, benchmarks=DEFAULT_BENCHMARKS, limit: int | No
         wrong = [(f"So the answer is $\\boxed{{{perturbed(g)}}}$.", g) for g in golds if perturbed(g) is not None]
         result = {"gold_cases": list(zip(completions, golds)), "wrong_cases": wrong, "gold": {}, "wrong": {}}
         for grader in GRADERS:
-            result["gold"][grader] = [g.correct for g in grade_many(completions, golds, workers=workers,
-                                                                    desc=f"{name} gold, {grader}", grader=grader)]
+            result["gold"][grader] = [g.correct for g in grade_many(completions, golds, timeout, workers,
+                                                                    f"{name} gold, {grader}", grader)]
             result["wrong"][grader] = [not g.correct for g in grade_many(
-                [c for c, _ in wrong], [g for _, g in wrong], workers=workers, desc=f"{name} perturbed, {grader}",
-                grader=grader)]
+                [c for c, _ in wrong], [g for _, g in wrong], timeout, workers, f"{name} perturbed, {grader}", grader)]
         results[name] = result
     return results
 
@@ -112,17 +111,19 @@ def read_truth_set(path: str | Path) -> list[Case]:
             continue
         fields = [field.strip() for field in line.split(FIELD_SEPARATOR)]
         if len(fields) != 4 or fields[0] not in ("right", "wrong") or not all(fields):
-            raise ValueError(f"{path}:{number}: expected 'right|wrong ‖ category ‖ gold ‖ completion', got {line!r}")
+            raise ValueError(f"{path}:{number}: expected 'right|wrong ‖ category ‖ gold ‖ completion', "
+                             f"got {line!r}")
         cases.append(Case(fields[0] == "right", fields[1], fields[2], fields[3].replace(NEWLINE, "\n")))
     if not cases:
         raise ValueError(f"{path} holds no cases")
     return cases
 
 
-def grade_truth_set(cases: list[Case], workers: int = 1) -> dict[str, list[bool]]:
+def grade_truth_set(cases: list[Case], workers: int = 1,
+                    timeout: float | None = DEFAULT_TIMEOUT_S) -> dict[str, list[bool]]:
     """grader -> whether it accepts each case's completion."""
-    return {grader: [g.correct for g in grade_many([c.completion for c in cases], [c.gold for c in cases],
-                                                   workers=workers, desc=f"truth set, {grader}", grader=grader)]
+    return {grader: [g.correct for g in grade_many([c.completion for c in cases], [c.gold for c in cases], timeout,
+                                                   workers, f"truth set, {grader}", grader)]
             for grader in GRADERS}
 
 

@@ -29,7 +29,8 @@ REL_TOL = 1e-4  # the Qwen2.5-Math harness's numeric_equal
 
 _E_NOTATION = re.compile(r"(?<![\w.\\])(\d+(?:\.\d*)?|\.\d+)\s*[eE]\s*([-+]?\d+)(?![\w.])")
 _PERCENT = re.compile(r"\\?%|\\text\{\s*percent\s*\}|\s+percent$")
-_DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\text\{\s*°\s*\}|\\(?:text|mbox)\{\s*degrees?\s*\}")
+_DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\text\{\s*°\s*\}"
+                      r"|\\(?:text|mbox)\{\s*degrees?\s*\}")
 # a unit after a value: \text{ cm}, \mathrm{~km}, \mathrm{~erg} / \mathrm{s}, \mbox{ inches}^2, \text{km/h}
 _UNIT_GROUP = r"\\(?:text|mathrm|mbox|textrm)\s*\{\s*~?\s*[A-Za-z][A-Za-z/ .]*\}(?:\s*\^\s*\{?-?\d\}?)?"
 _TRAILING_UNIT = re.compile(r"(?<=\S)(?:\s|\\[,;: !]|~)*(?:" + _UNIT_GROUP + r")(?:\s*/\s*(?:" + _UNIT_GROUP
@@ -37,7 +38,8 @@ _TRAILING_UNIT = re.compile(r"(?<=\S)(?:\s|\\[,;: !]|~)*(?:" + _UNIT_GROUP + r")
 _SEPARATOR = r"(?:,\\!\s*|\{,\}|\\,|,)"  # 10,\!080  10{,}080  10\,080  10,080 (no space: "1, 234" is a list)
 _THOUSANDS = re.compile(rf"(?<=\d){_SEPARATOR}(?=\d{{3}}(?!\d))")
 _WHOLE_THOUSANDS = re.compile(rf"^-?\d{{1,3}}(?:{_SEPARATOR}\d{{3}})+(?:\.\d+)?$")
-_I_BEFORE_ROOT = re.compile(r"(?<![A-Za-z\\])i\s*(\\sqrt(?:\[\d+\])?\{[^{}]*\})")  # math-verify reads 2i\sqrt{3}'s i as real
+# math-verify reads the i of 2i\sqrt{3} as a real symbol (2\sqrt{3} i it reads right)
+_I_BEFORE_ROOT = re.compile(r"(?<![A-Za-z\\])i\s*(\\sqrt(?:\[\d+\])?\{[^{}]*\})")
 _LIST_JOINERS = re.compile(r"\\(?:text|mbox)\{\s*(?:and|or)\s*\}|\s+(?:and|or)\s+")
 
 

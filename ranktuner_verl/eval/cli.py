@@ -223,12 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     agreement.add_argument("--limit", type=int, default=None, help="first N problems of each (None: all)")
     agreement.add_argument("--out", default=None, help="also write the Markdown to this file")
     agreement.add_argument("--workers", type=int, default=1, help="grading processes")
+    agreement.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per answer")
 
     truth = commands.add_parser("truth-set", help="both math graders against a labelled set of answer forms",
                                 formatter_class=with_defaults)
     truth.add_argument("cases", help="the truth-set file (the project's: tests/eval/answer_forms.txt)")
     truth.add_argument("--out", default=None, help="also write the Markdown to this file")
     truth.add_argument("--workers", type=int, default=1, help="grading processes")
+    truth.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per answer")
     return parser
 
 
@@ -266,7 +268,8 @@ def _run_command(args: argparse.Namespace) -> None:
     elif args.command == "agreement":
         from ranktuner_verl.eval import agreement
 
-        text = agreement.to_markdown(agreement.measure(args.data_dir, limit=args.limit, workers=args.workers))
+        text = agreement.to_markdown(agreement.measure(args.data_dir, limit=args.limit, workers=args.workers,
+                                                      timeout=args.timeout))
         print(text)
         if args.out:
             write_text_atomic(args.out, text)
@@ -274,7 +277,7 @@ def _run_command(args: argparse.Namespace) -> None:
         from ranktuner_verl.eval import agreement
 
         cases = agreement.read_truth_set(args.cases)
-        text = agreement.truth_set_markdown(cases, agreement.grade_truth_set(cases, workers=args.workers))
+        text = agreement.truth_set_markdown(cases, agreement.grade_truth_set(cases, args.workers, args.timeout))
         print(text)
         if args.out:
             write_text_atomic(args.out, text)

@@ -35,17 +35,17 @@ def _serve(reader: Connection, writer: Connection) -> None:
     function = getattr(importlib.import_module(module), name)
     for task in warm_up:  # imports and caches outside any time limit
         function(*task)
-    writer.send(READY)
+    reply = READY
     while True:
         try:
+            writer.send(reply)
             task = reader.recv()
-        except (EOFError, OSError):
+        except (EOFError, OSError):  # the evaluator is gone (or dropped this pool)
             return
         try:
             reply = (bool(function(*task)), None)
         except Exception as error:  # noqa: BLE001 - a failed comparison is an outcome, reported to the caller
             reply = (False, f"{type(error).__name__}: {error}"[:500])
-        writer.send(reply)
 
 
 # A worker's program. It registers the top package without running its __init__ (which imports torch for the
@@ -130,7 +130,9 @@ class ComparisonPool:
                     worker.task = (index, now + timeout if timeout else float("inf"))
             waits = [w.task[1] - now if w.task else w.started + START_LIMIT_S - now
                      for w in self.workers if w.task or not w.ready]
-            for conn in wait([w.conn for w in self.workers if w.task or not w.ready], max(0.0, min(waits))):
+            soonest = max(0.0, min(waits))
+            for conn in wait([w.conn for w in self.workers if w.task or not w.ready],
+                             None if soonest == float("inf") else soonest):
                 worker = next(w for w in self.workers if w.conn is conn)
                 try:
                     message = conn.recv()

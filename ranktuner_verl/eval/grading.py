@@ -154,7 +154,7 @@ def _tidy(answer: str) -> str:
 
 
 class _DropTimeoutDisabledNotice(logging.Filter):
-    """math-verify warns when its own timeout is off; ours (a killed worker process) replaces it: the notice is noise."""
+    """math-verify warns when its own timeout is off; ours (a killed worker process) replaces it: noise."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Timeout is disabled")
@@ -165,15 +165,26 @@ for _name in ("math_verify.parser", "math_verify.grader"):
 
 
 def _parse(answer: str):
-    """math-verify's parse of one bare answer (as if boxed); the worker's time limit bounds it, so its own is off."""
+    """math-verify's parse of one bare answer (as if boxed); the worker's time limit bounds it, so its own is off.
+
+    A LaTeX answer is parsed as LaTeX only: math-verify's plain-expression fall-back reads the last number of one it
+    cannot parse (``\\hbar \\omega(v+1 / 2)-...`` became 2). A parse that lost the answer's symbols is no parse
+    (latex2sympy reads ``\\frac{1}{3} E_{1}+\\frac{2}{3} E_{2}`` as 2/3).
+    """
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 
-    return parse(
-        "\\boxed{" + answer + "}",
-        extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],
-        parsing_timeout=None,
-        raise_on_error=True,
-    )
+    configs = [LatexExtractionConfig()] + ([] if "\\" in answer else [ExprExtractionConfig()])
+    parsed = parse("\\boxed{" + answer + "}", extraction_config=configs, parsing_timeout=None, raise_on_error=True)
+    if parsed and getattr(parsed[0], "is_number", False) and _symbols(answer):
+        return []
+    return parsed
+
+
+def _symbols(answer: str) -> set[str]:
+    """The letters an answer uses as symbols (not commands, text, the constants e and i, or a left-hand side)."""
+    value = answer.split("=")[-1] if answer.count("=") == 1 else answer
+    value = re.sub(r"\\(?:text|mathrm|mbox)\{[^{}]*\}|\\[A-Za-z]+", "", value)
+    return set(re.findall(r"[A-Za-z]", value)) - {"e", "i"}
 
 
 def _read(answer: str) -> str:
@@ -193,6 +204,7 @@ def _equivalent(gold: str, predicted: str) -> bool:
 
 
 def _one_equivalent(gold: str, predicted: str) -> bool:
+    """One answer against one: equal strings, words in any case, plain numbers, else math-verify."""
     from math_verify import verify
 
     gold, predicted = _read(gold), _read(predicted)

@@ -5,22 +5,26 @@ from math-verify: it is more lenient with percentages (50 = 0.5 = 5000 within re
 choice letters, a leading "x =", and stricter where sympy cannot prove an equality. This module writes its rules
 anew (no code of the harness is copied); docs/data_and_grading.md measures where the two graders disagree.
 
-``normalize(answer)`` (the harness's answer clean-up): drop line breaks, spacing commands, ``\\left``/``\\right``,
-``$``, degree signs, ``\\%``/``%``, ``\\text{}``/``\\mbox{}`` wrappers and trailing unit words; ``dfrac``/``tfrac`` ->
-``frac``; ``\\frac12`` -> ``\\frac{1}{2}``, ``\\sqrt2`` -> ``\\sqrt{2}``, ``a/b`` of integers -> ``\\frac{a}{b}``; a
-short left-hand side "x =" dropped; thousands separators and ``.0`` of integers dropped; "infinity" -> ``\\infty``;
-spaces removed.
+``normalize(answer)`` (the harness's answer clean-up, with the project's readings of e-notation and of a unit in
+``\\mathrm{}``, ``answer_forms``): drop line breaks, spacing commands (a matrix's row separator ``\\\\`` stays;
+``bmatrix`` becomes ``pmatrix``), ``\\left``/``\\right``, ``$``, degree signs, ``\\%``/``%``, ``\\text{}``/``\\mbox{}``
+wrappers and trailing unit words; ``dfrac``/``tfrac`` -> ``frac``; ``\\frac12`` -> ``\\frac{1}{2}``, ``\\sqrt2`` ->
+``\\sqrt{2}``, ``a/b`` of integers -> ``\\frac{a}{b}``; a short left-hand side "x =", "f(x) =" or "x \\in" dropped;
+thousands separators and ``.0`` of integers dropped; "infinity" -> ``\\infty``; spaces removed.
 
 ``qwen_equal(prediction, reference)`` on normalised answers, in order:
 
 1. equal strings (case-insensitive) -> equal;
 2. a reference choice letter A-E equals the prediction's letter ("(B)", "B.", "B: text");
-3. both numbers: equal iff the prediction is within rel 1e-4 of reference, reference/100 or reference*100
+3. several answers (``answer_forms.answer_list``: "3, 5, 7", "1 \\pm \\sqrt{19}", OlympiadBench's multi-answer
+   golds): the same answers in any order;
+4. both numbers: equal iff the prediction is within rel 1e-4 of reference, reference/100 or reference*100
    (``math.isclose``), decided here (no symbolic fall-back);
-4. equal after dropping brackets and braces (unless one is "(" where the other is "["); tuples/intervals of the
-   same length and the same brackets equal element by element;
-5. equations: ``a = b`` vs ``c = d`` equal iff a - b = ±(c - d); "x = v" vs a bare value compares v;
-6. symbolic: both parsed (LaTeX, via latex2sympy2_extended, math-verify's parser) and equal when sympy finds
+5. equal after dropping brackets and braces where both answers have the same round and square brackets (or one has
+   none): ``(0,9] \\cup (9,36)`` is not ``(0,9) \\cup (9,36)``; tuples/intervals of the same length and the same
+   brackets equal element by element;
+6. equations: ``a = b`` vs ``c = d`` equal iff a - b = ±(c - d); "x = v" vs a bare value compares v;
+7. symbolic: both parsed (LaTeX, via latex2sympy2_extended, math-verify's parser) and equal when sympy finds
    ``a == b``, ``simplify(a - b) == 0``, or equal numeric values (rel 1e-4).
 """
 
@@ -106,7 +110,7 @@ def _symbolic_equal(a: str, b: str) -> bool:
 
 
 def _brackets(text: str) -> str:
-    """The brackets that could make intervals (round and square), in order; "" if there are none."""
+    """The round and square brackets (those that make intervals open or closed), in order; "" if there are none."""
     return "".join(re.findall(r"[\[\]()]", text))
 
 
@@ -129,9 +133,9 @@ def qwen_equal(prediction: str | None, reference: str | None) -> bool:
                                                                           ref_number * 100))
     if not pred:
         return False
-    if _brackets(pred) in (_brackets(ref), "", "()", "{}") and _brackets(ref) in (_brackets(pred), "", "()", "{}") and \
-            re.sub(r"[\[\](){}]", "", pred).lower() == re.sub(r"[\[\](){}]", "", ref).lower():
-        return True  # brackets do not matter, unless they make an interval open or closed: (0,9] is not (0,9)
+    if "" in (_brackets(pred), _brackets(ref)) or _brackets(pred) == _brackets(ref):
+        if re.sub(r"[\[\](){}]", "", pred).lower() == re.sub(r"[\[\](){}]", "", ref).lower():
+            return True  # brackets do not matter, unless they make an interval open or closed: (0,9] is not (0,9)
     bracketed = re.compile(r"^[(\[].+[)\]]$")
     if bracketed.match(pred) and bracketed.match(ref):
         pred_items, ref_items = split_top_level(pred[1:-1]), split_top_level(ref[1:-1])

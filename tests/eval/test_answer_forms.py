@@ -127,7 +127,8 @@ def test_strip_dressing(answer, value):
 @pytest.mark.parametrize("gold, predicted, equal", [
     ("10000", "10001", False), ("10000", "10000.0", True), ("\\frac{448}{15625}", "\\frac{448}{15626}", False),
     (".35625", ".35626", False), ("0.5613", "0.56134", True), ("0.5613", "0.5614", False),
-    ("\\frac{1}{3}", "0.3333", True), ("\\frac{1}{3}", "0.333", False), ("2.88\\times10^{-19}", "5\\times10^{-19}", False),
+    ("\\frac{1}{3}", "0.3333", True), ("\\frac{1}{3}", "0.333", False),
+    ("2.88\\times10^{-19}", "5\\times10^{-19}", False),
     ("0.0000001", "0.0000002", False), ("1\\times10^{-5}", "10^{-5}", True), ("4\\frac{2}{3}", "\\frac{14}{3}", True),
 ])
 def test_numbers_equal(gold, predicted, equal):

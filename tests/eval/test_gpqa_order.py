@@ -71,8 +71,8 @@ def test_per_sample_orders_are_sampled_one_request_each_and_graded_against_their
     assert grade_benchmark(tmp_path / "gpqa_diamond")["pass@k"]["1"] == 1.0
     # the same letter for every sample is right only where that sample's order put the right answer there
     texts = {(p.id, s): f"The answer is {p.answer}." for p in problems for s in range(4)}
-    generate_completions(scripted_backend(tiny_model_dir, texts), problems, tmp_path / "fixed" / "gpqa_diamond", SamplingConfig(n=4),
-                         progress=False)
+    generate_completions(scripted_backend(tiny_model_dir, texts), problems, tmp_path / "fixed" / "gpqa_diamond",
+                         SamplingConfig(n=4), progress=False)
     expected = sum(as_sampled(p, s).answer == p.answer for p in problems for s in range(4)) / 8
     assert grade_benchmark(tmp_path / "fixed" / "gpqa_diamond")["pass@k"]["1"] == expected < 1.0
 
