@@ -265,8 +265,9 @@ def grade_many(completions: Sequence[str], golds: Sequence[str], timeout: float 
                progress: bool = True) -> list[Grade]:
     """Grade ``completions[i]`` against ``golds[i]`` for all i, in order, with a progress bar counting failures.
 
-    Each comparison runs in one of ``workers`` persistent worker processes, killed and replaced when it runs past
-    ``timeout`` seconds (``compare_pool``); the answers are extracted here.
+    Each comparison runs in one of the process's persistent worker processes (``workers`` of them, or as many as an
+    earlier call asked for), killed and replaced when it runs past ``timeout`` seconds (``compare_pool``); the
+    answers are extracted here.
     """
     from tqdm.auto import tqdm
 

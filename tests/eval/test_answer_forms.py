@@ -22,8 +22,9 @@ CATEGORIES = {"extraction", "fractions", "decimals", "thousands", "percent", "de
 @pytest.fixture(scope="module")
 def truth():
     cases = read_truth_set(TRUTH_SET)
+    # a generous limit: on a loaded machine a symbolic comparison can pass 5 s, and a timeout would read as a miss
     accepted = {grader: [g.correct for g in grade_many([c.completion for c in cases], [c.gold for c in cases],
-                                                       workers=2, grader=grader, progress=False)]
+                                                       timeout=60, workers=2, grader=grader, progress=False)]
                 for grader in GRADERS}
     return cases, accepted
 
