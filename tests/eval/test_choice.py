@@ -43,6 +43,12 @@ FORMS = [  # (completion, the letter a person reads), four choices
     ("**Answer: A**", "A"),
     ("Answer: $D$", "D"),
     ("Answer:B", "B"),
+    ("\\boxed{\\mathrm{C}}", "C"),
+    ("Weighing both, I'll go with B.", "B"),
+    ("I choose option D.", "D"),
+    ("Therefore, B is the correct answer.", "B"),
+    ("So (C) is correct: the others violate energy conservation.", "C"),
+    ("Option A is right here.", "A"),
     # the stated answer wins over later or earlier mentions
     ("The answer is B. Option D is wrong because it ignores friction.", "B"),
     ("First I thought the answer is A, but the answer is C.", "C"),
@@ -70,6 +76,7 @@ NO_ANSWER = [
     "A cat sat. A dog sat.",  # a capital A starting a sentence is no answer
     "the answer is a matter of taste",
     "My choice is based on the data.",
+    "I choose to start with the energy balance.",
 ]
 
 
