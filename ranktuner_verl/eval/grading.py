@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -236,6 +237,7 @@ def compare(gold: str, predicted: str, grader: str) -> bool:
 
 _WARM_UP = [("1", "1", grader) for grader in GRADERS] + [("x^2", "x \\cdot x", grader) for grader in GRADERS]
 _pool = None
+_pool_lock = threading.Lock()
 
 
 def _comparisons(workers: int):
@@ -243,10 +245,11 @@ def _comparisons(workers: int):
     global _pool
     from ranktuner_verl.eval.compare_pool import ComparisonPool
 
-    if _pool is None:
-        _pool = ComparisonPool(compare, workers, warm_up=_WARM_UP)
-    _pool.resize(workers)
-    return _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ComparisonPool(compare, workers, warm_up=_WARM_UP)
+        _pool.resize(workers)
+        return _pool
 
 
 def _check_grader(grader: str) -> None:
