@@ -265,19 +265,15 @@ def _run_command(args: argparse.Namespace) -> None:
             metrics = grade_benchmark(bench_dir, timeout=args.timeout, workers=args.workers, grader=args.grader,
                                       allow_unisolated_code=args.allow_unisolated_code)
             print(_summary_line(metrics), flush=True)
-    elif args.command == "agreement":
+    elif args.command in ("agreement", "truth-set"):
         from ranktuner_verl.eval import agreement
 
-        text = agreement.to_markdown(agreement.measure(args.data_dir, limit=args.limit, workers=args.workers,
-                                                      timeout=args.timeout))
-        print(text)
-        if args.out:
-            write_text_atomic(args.out, text)
-    elif args.command == "truth-set":
-        from ranktuner_verl.eval import agreement
-
-        cases = agreement.read_truth_set(args.cases)
-        text = agreement.truth_set_markdown(cases, agreement.grade_truth_set(cases, args.workers, args.timeout))
+        if args.command == "agreement":
+            text = agreement.to_markdown(agreement.measure(args.data_dir, limit=args.limit, workers=args.workers,
+                                                          timeout=args.timeout))
+        else:
+            cases = agreement.read_truth_set(args.cases)
+            text = agreement.truth_set_markdown(cases, agreement.grade_truth_set(cases, args.workers, args.timeout))
         print(text)
         if args.out:
             write_text_atomic(args.out, text)
