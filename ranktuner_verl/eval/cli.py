@@ -31,7 +31,7 @@ from ranktuner_verl.eval.choice import grade_choice
 from ranktuner_verl.eval.generate import (
     COMPLETIONS_FILE, SETTINGS_FILE, generate_completions, read_completions, read_problems, write_text_atomic,
 )
-from ranktuner_verl.eval.grading import DEFAULT_TIMEOUT_S, GRADERS, grade_many
+from ranktuner_verl.eval.grading import DEFAULT_TIMEOUT_S, GRADERS, GRADING_VERSION, grade_many
 from ranktuner_verl.eval.metrics import benchmark_metrics
 from ranktuner_verl.eval.sandbox import UNSAFE_FLAG, choose_isolation
 from ranktuner_verl.eval.tables import METRICS_FILE, collect_table, to_markdown, write_tables
@@ -83,6 +83,7 @@ def grade_benchmark(bench_dir: str | Path, timeout: float | None = DEFAULT_TIMEO
         "benchmark": bench_dir.name,
         **benchmark_metrics(outcomes),
         "grader": grader,
+        "grading_version": GRADING_VERSION,
         "length_limited": sum(records[k].get("finish_reason") == "length" for k in keys) / len(keys),
         "grader_errors": sum(g.error is not None and not g.timed_out for g in grades),
         "grader_timeouts": sum(g.timed_out for g in grades),

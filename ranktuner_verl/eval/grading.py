@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 5.0
 GRADERS = ("math-verify", "qwen")  # --grader: math-verify, or the Qwen2.5-Math harness's rules (qwen_grader.py)
+#: The rules' edition, recorded in every metrics.json: raise it whenever a change can turn a verdict (math, choice
+#: or code), so that a table refuses to compare results graded under different rules. 2: answer forms, the last
+#: stated letter, and code passing only on the sentinel (issue 17).
+GRADING_VERSION = 2
 
 
 @dataclass(frozen=True)

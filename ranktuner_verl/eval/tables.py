@@ -222,9 +222,10 @@ def _problem_matrix(seed_metrics: list[dict | None], k: int) -> np.ndarray | Non
 
 
 def measured_as(metrics: dict) -> dict[str, object]:
-    """What must match for results of one benchmark to be compared: grader, n, problems, sampling settings."""
+    """What must match for results of one benchmark to be compared: grader (and its rules' edition), n, problems,
+    sampling settings."""
     generation = metrics.get("generation") or {}
-    return {"grader": metrics.get("grader"), "n": metrics.get("samples_per_problem"),
+    return {"grader": metrics.get("grader"), "grading version": metrics.get("grading_version"), "n": metrics.get("samples_per_problem"),
             "problems": tuple(sorted(metrics.get("correct_per_problem") or {})),
             **{key: generation.get(key) for key in SAMPLING_KEYS}}
 

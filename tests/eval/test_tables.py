@@ -14,17 +14,19 @@ import pytest
 
 from ranktuner_verl.eval.benchmarks import load_benchmark
 from ranktuner_verl.eval.cli import main
+from ranktuner_verl.eval.grading import GRADING_VERSION
 from ranktuner_verl.eval.tables import (
     Seed, build_table, collect_table, estimate, to_csv, to_latex, to_markdown, write_tables,
 )
 
 
 def result(counts: dict[str, list[int]], n: int = 4, seed: int = 0, model: str = "model", grader: str = "math-verify",
-           **sampling) -> dict[str, dict]:
+           grading_version: int | None = GRADING_VERSION, **sampling) -> dict[str, dict]:
     """benchmark -> metrics as ``grade_benchmark`` writes them: problem j of a benchmark has counts[j] of n right."""
     generation = {"model": model, "seed": seed, "n": n, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 4096,
                   "system_prompt": "cot", **sampling}
-    return {b: {"benchmark": b, "samples_per_problem": n, "grader": grader, "generation": generation,
+    return {b: {"benchmark": b, "samples_per_problem": n, "grader": grader, "grading_version": grading_version,
+                "generation": generation,
                 "correct_per_problem": {f"{b}-{j:03d}": c for j, c in enumerate(cs)}} for b, cs in counts.items()}
 
 
@@ -153,6 +155,7 @@ def test_math_and_ood_averages_are_separate():
 
 @pytest.mark.parametrize("changed, named", [
     ({"grader": "qwen"}, "MATH500 grader: 'math-verify' (sft) vs 'qwen' (ranktuner)"),
+    ({"grading_version": None}, f"MATH500 grading version: {GRADING_VERSION} (sft) vs None (ranktuner)"),
     ({"n": 8}, "MATH500 n: 4 (sft) vs 8 (ranktuner)"),
     ({"temperature": 0.6}, "MATH500 temperature: 1.0 (sft) vs 0.6 (ranktuner)"),
     ({"max_new_tokens": 2048}, "MATH500 max_new_tokens: 4096 (sft) vs 2048 (ranktuner)"),
