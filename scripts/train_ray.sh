@@ -9,11 +9,16 @@
 # RAY_ADDRESS every relative model, data and checkpoint path is made absolute against this directory (and
 # trainer.default_local_dir, verl's relative checkpoints/... by default, too); that folder must be on storage every
 # node sees (docs/verl_integration.md). The driver refuses relative paths left on a cluster of several nodes.
+# The upload leaves out run outputs (checkpoints/, quickstart/, runs/, results/, outputs/, .venv/, ... and the run's
+# checkpoint folder): Ray refuses an upload over 100 MiB. Ctrl-C stops following the job's log, not the job: the
+# message names `ray job stop --address=... ID`.
 # Variables (default):
 #   NNODES          nodes (1)
 #   NGPUS_PER_NODE  workers per node (the number of visible CUDA GPUs, at least 1)
 #   RAY_ADDRESS     a running cluster's dashboard address (empty: start a local cluster)
-#   JOB_PYTHON      the interpreter the submitted job runs on the cluster (python)
+#   JOB_PYTHON      the interpreter the job runs on the cluster; a relative path is made absolute against this
+#                   directory, a bare name is found on the nodes' PATH (PYTHON: this checkout's .venv/bin/python, so
+#                   the nodes must see this checkout at the same path, e.g. on shared storage; else name theirs)
 #   RAY_AUTH_MODE   (disabled: Ray >= 2.5x otherwise writes ~/.ray/auth_token for a new local cluster)
 #   PYTHON          the interpreter here (.venv/bin/python when .venv exists, else python)
 set -euo pipefail
@@ -24,17 +29,12 @@ use_venv_python
 NNODES=${NNODES:-1}
 NGPUS_PER_NODE=${NGPUS_PER_NODE:-$("$PYTHON" -c 'import torch; print(max(torch.cuda.device_count(), 1))')}
 RAY_ADDRESS=${RAY_ADDRESS:-}
-JOB_PYTHON=${JOB_PYTHON:-python}
+JOB_PYTHON=${JOB_PYTHON:-$PYTHON}
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
 
 OVERRIDES=(trainer.nnodes="$NNODES" trainer.n_gpus_per_node="$NGPUS_PER_NODE" "$@")
 if [ -z "$RAY_ADDRESS" ]; then
     exec "$PYTHON" -m ranktuner_verl.integration.sft.trainer_ray "${OVERRIDES[@]}"
 fi
-RESOLVED_FILE=$(mktemp)
-trap 'rm -f "$RESOLVED_FILE"' EXIT
-"$PYTHON" -m ranktuner_verl.integration.sft.cluster "${OVERRIDES[@]}" > "$RESOLVED_FILE"
-mapfile -d '' RESOLVED < "$RESOLVED_FILE"
-echo "submitting with absolute paths: ${RESOLVED[*]}" >&2
-"$PYTHON" -m ray.scripts.scripts job submit --address="$RAY_ADDRESS" --working-dir=. -- \
-    "$JOB_PYTHON" -m ranktuner_verl.integration.sft.trainer_ray "${RESOLVED[@]}"
+export RAY_ADDRESS JOB_PYTHON
+exec "$PYTHON" -m ranktuner_verl.integration.sft.cluster "${OVERRIDES[@]}"

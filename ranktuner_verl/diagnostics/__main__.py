@@ -155,7 +155,8 @@ def run(args) -> list[Path]:
         if args.kind:
             source["noise"] = f"{args.kind} at rate {args.rate}, seed {args.seed} (the numbers below include it)"
         noise = _noise_tables(table, args, out) if args.kind else None
-        return [write_report(table, out, source, noise)]
+        return write_report(table, out, source, noise) + ([out / "noise_table.md", out / "noise_table.csv"]
+                                                          if args.kind else [])
     if args.command == "noise":
         print(_noise_tables(table, args, out))
         if not args.tokens:

@@ -9,6 +9,7 @@ first. Among the ``top_share`` highest-scored tokens (10% in the paper; the scor
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import replace
 
@@ -107,6 +108,11 @@ def inject_noise(examples: list[TokenizedExample], tokenizer, kind: str = "rando
     return noisy
 
 
+def top_count(top_share: float, sizes: np.ndarray) -> np.ndarray:
+    """How many tokens the top holds in a group of each size: ``ceil(top_share * size)``."""
+    return np.ceil(top_share * np.asarray(sizes) - 1e-9).astype(np.int64)
+
+
 def top_mask(weights: np.ndarray, top_share: float, groups: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
     """Boolean mask of the ``ceil(top_share * n)`` largest weights (per group when ``groups`` is given).
 
@@ -123,7 +129,7 @@ def top_mask(weights: np.ndarray, top_share: float, groups: np.ndarray | None = 
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_groups)) + 1]
     sizes = np.diff(np.r_[starts, len(order)])
     rank_in_group = np.arange(len(order)) - np.repeat(starts, sizes)
-    limit = np.repeat(np.ceil(top_share * sizes - 1e-9).astype(np.int64), sizes)
+    limit = np.repeat(top_count(top_share, sizes), sizes)
     mask = np.zeros(len(weights), dtype=bool)
     mask[order[rank_in_group < limit]] = True
     return mask
@@ -149,3 +155,33 @@ def top_share_metrics(weights, is_noise, sequence, top_share: float = 0.1, scope
         "token_recall": hits.sum() / is_noise.sum(),
         "sequence_hit_rate": len(hit_sequences) / len(np.unique(sequence)),
     }
+
+
+def chance_metrics(is_noise, sequence, top_share: float = 0.1, scope: str = "global") -> dict[str, float]:
+    """What ``top_share_metrics`` expects of a uniformly random order (plain SFT's constant weight), exactly.
+
+    In a group of n tokens with m noise tokens, a random top of k = ``top_count`` tokens holds k m / n noise tokens
+    on average (hypergeometric), and misses every noise token with probability C(n - m, k) / C(n, k). So precision =
+    the noise share, recall = k / n (above ``top_share`` by the rounding up), hit rate = the mean over responses of
+    1 - C(n - m, k) / C(n, k) with (n, k) of the whole set (``scope="global"``) or of the response.
+    """
+    is_noise, sequence = np.asarray(is_noise, dtype=bool), np.asarray(sequence)
+    _, group, sizes = np.unique(sequence, return_inverse=True, return_counts=True)
+    noise = np.bincount(group, weights=is_noise, minlength=len(sizes))
+    if scope == "global":
+        n, k = np.full(len(sizes), len(is_noise)), np.full(len(sizes), top_count(top_share, [len(is_noise)])[0])
+        picked = k[0] * noise.sum() / n[0]
+        top = k[0]
+    else:
+        n, k = sizes, top_count(top_share, sizes)
+        picked, top = (k * noise / n).sum(), k.sum()
+    missed = np.array([_none_drawn(int(a), int(b), int(c)) for a, b, c in zip(n, noise, k)])
+    return {"token_precision": picked / top, "token_recall": picked / noise.sum(),
+            "sequence_hit_rate": float(np.mean(1 - missed))}
+
+
+def _none_drawn(n: int, m: int, k: int) -> float:
+    """C(n - m, k) / C(n, k): a random k of n tokens holds none of m marked ones."""
+    if k > n - m:
+        return 0.0
+    return math.exp(math.lgamma(n - m + 1) - math.lgamma(n - m - k + 1) - math.lgamma(n + 1) + math.lgamma(n - k + 1))

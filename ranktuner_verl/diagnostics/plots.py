@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from ..methods import S_BAND, guessing_entropy_bound  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
 from .heatmap import NOISE_COLOR  # noqa: E402
 from .table import POSITION_COLUMNS, STATISTICS, constant, method_labels, weight_column  # noqa: E402
@@ -192,6 +192,11 @@ def write_scale_histogram(table: pd.DataFrame, path: str | Path, band: float = S
                           bins: int = 60) -> Path:
     """A histogram of RankTuner's S_t on a log axis (S and 1/S equally far from 1), the band |S_t - 1| < ``band``
     shaded with its share; injected noise tokens, if any, apart."""
+    return _save(scale_histogram(table, band, dpi, bins), Path(path), dpi)
+
+
+def scale_histogram(table: pd.DataFrame, band: float = S_BAND, dpi: int = 120, bins: int = 60):
+    """The figure of ``write_scale_histogram``."""
     values = table["S"].to_numpy(dtype=float)
     noise = table["is_noise"].to_numpy(dtype=bool)
     share = float(near_one(table, band).mean())
@@ -204,9 +209,23 @@ def write_scale_histogram(table: pd.DataFrame, path: str | Path, band: float = S
         ax.hist(values[noise], bins=edges, color=NOISE_COLOR, alpha=0.6, label=f"injected noise tokens ({noise.sum()})")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _log_ticks(ax.xaxis, low, high)
     ax.set_xlabel("S_t (RankTuner relative scale, practical form)")
     ax.set_ylabel("tokens")
     ax.set_title("Relative scale of the response tokens", fontsize=10)
     ax.legend(fontsize=6)
     fig.tight_layout()
-    return _save(fig, Path(path), dpi)
+    return fig
+
+
+def _log_ticks(axis, low: float, high: float, count: int = 5) -> None:
+    """``count`` labelled ticks evenly spaced on a log axis from ``low`` to ``high`` (the one nearest 1 moved to 1),
+    written as plain numbers, and no minor labels: over a narrow range (S_t within 0.95..1.05) matplotlib labels its
+    minor ticks in scientific notation, which overlap."""
+    ticks = np.geomspace(low, high, count)
+    if low < 1 < high:
+        ticks[np.abs(np.log(ticks)).argmin()] = 1.0
+    ticks = sorted({float(f"{t:.3g}") for t in ticks})
+    axis.set_ticks(ticks)
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+    axis.set_minor_formatter(NullFormatter())

@@ -10,8 +10,10 @@ construction. What a method amplifies in training is its share of the loss or of
     loss-share  w_t * l_t, l_t = -log p_t: the token's share of the weighted loss
     grad-share  w_t * ||grad_z l_t||: its share of the gradient on the logits
 
-Every table has a chance row: a constant score with a seeded random tie-break (plain SFT's weight), whose expected
-precision is the noise share and expected recall the top share.
+Every table has a chance row: a constant score (plain SFT's weight), which ranks the tokens in a random order; it
+and any other constant score show what a random order gives on average, exactly (``noise.chance_metrics``):
+precision = the noise share, recall = the top's share of the tokens (not one random draw, which with a few hundred
+noise tokens can land far from it).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..methods import METHODS
-from .noise import top_share_metrics
+from .noise import chance_metrics, top_share_metrics
 from .table import SIGNALS, method_labels, signal_column, weight_column
 
 RANKINGS = {
@@ -77,7 +79,10 @@ def ranking_table(table: pd.DataFrame, rankings: list[str], top_share: float = 0
     result = []
     for ranking in rankings:
         for row, values in _rows(table, ranking):
-            metrics = top_share_metrics(values, table["is_noise"], table["example"], top_share, scope, seed)
+            if np.ptp(values) == 0:  # one score for all: a random order, reported as its expectation, not one draw
+                metrics = chance_metrics(table["is_noise"], table["example"], top_share, scope)
+            else:
+                metrics = top_share_metrics(values, table["is_noise"], table["example"], top_share, scope, seed)
             result.append({"ranking": ranking, "row": row, **{k: 100 * v for k, v in metrics.items()}})
     return pd.DataFrame(result)
 
@@ -89,8 +94,11 @@ def ranking_markdown(result: pd.DataFrame, table: pd.DataFrame, top_share: float
     noise = table["is_noise"].to_numpy(dtype=bool)
     share = (f"{int(noise.sum())} injected noise tokens of {len(table)} ({noise.mean():.2%}) in "
              f"{table['example'].nunique()} responses")
+    chance = result[result["row"] == CHANCE].iloc[0]
     parts = [f"Noise-injection diagnosis: {source}. {share}. Top tokens: the {pct} highest scores {where}; "
-             f"chance expects precision = the noise share ({noise.mean():.2%}) and recall = {pct}.\n"]
+             f"the chance row is the expectation over random orders: precision = the noise share "
+             f"({chance.token_precision:.2f}%), recall = the top's share of the tokens ({chance.token_recall:.2f}%: "
+             f"{pct} rounded up to whole tokens).\n"]
     for ranking, rows in result.groupby("ranking", sort=False):
         parts.append(f"**Ranked by {ranking}**: {RANKINGS[ranking]}.\n\n"
                      f"| {'signal (methods)' if ranking == 'signal' else 'method'} | token precision (top {pct}) | "

@@ -46,9 +46,9 @@ def _cell(value) -> str:
 
 
 def write_report(table: pd.DataFrame, out_dir: str | Path, source: dict, noise_tables: str | None = None,
-                 band: float = S_BAND) -> Path:
+                 band: float = S_BAND) -> list[Path]:
     """Write the report files for a token table; ``source`` (model, data, ...) is printed at the top,
-    ``noise_tables`` (Markdown of the noise diagnosis) at the end."""
+    ``noise_tables`` (Markdown of the noise diagnosis) at the end. Returns the files written, ``report.md`` first."""
     out_dir = Path(out_dir)
     summary = weight_summary(table, band)
     numbers = {
@@ -62,8 +62,9 @@ def write_report(table: pd.DataFrame, out_dir: str | Path, source: dict, noise_t
         "methods": {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in summary.to_dict("records")},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_weight_histograms(table, out_dir / "weight_histograms.png")
-    write_scale_histogram(table, out_dir / "relative_scale.png", band)
+    written = [out_dir / "report.md", write_weight_histograms(table, out_dir / "weight_histograms.png"),
+               write_scale_histogram(table, out_dir / "relative_scale.png", band),
+               out_dir / "weight_summary.csv", out_dir / "report.json"]
     summary.to_csv(out_dir / "weight_summary.csv", index=False)
     (out_dir / "report.json").write_text(json.dumps(numbers, indent=2))
     lines = ["# Token-weight report", ""]
@@ -82,16 +83,15 @@ def write_report(table: pd.DataFrame, out_dir: str | Path, source: dict, noise_t
     lines += ["", "![weights per method](weight_histograms.png)", "", "![relative scale](relative_scale.png)", ""]
     if noise_tables:
         lines += ["## Injected noise", "", noise_tables]
-    path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    written[0].write_text("\n".join(lines))
+    return written
 
 
 def run_report(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, methods: list[str] | None = None,
                max_examples: int | None = 256, batch_tokens: int = 8192, logit_chunk: int = 1024,
-               device: str = "auto", dtype: str = "auto", progress: bool = True) -> Path:
+               device: str = "auto", dtype: str = "auto", progress: bool = True) -> list[Path]:
     """Score ``data_path`` under the model (any form ``table_from_model`` accepts) and write the report to
-    ``out_dir``. Call it at the end of a run or on any checkpoint."""
+    ``out_dir`` (returns the files written). Call it at the end of a run or on any checkpoint."""
     table = table_from_model(model_dir, data_path, build_methods(list(methods or METHODS)),
                              max_examples=max_examples, batch_tokens=batch_tokens, logit_chunk=logit_chunk,
                              device=device, dtype=dtype, progress=progress)

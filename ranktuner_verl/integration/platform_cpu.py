@@ -18,6 +18,7 @@ from types import ModuleType
 
 import torch
 
+from ranktuner_verl.integration import run_log
 from ranktuner_verl.integration.engine_hook import ENGINE_MODULE
 from ranktuner_verl.integration.on_import import when_imported
 
@@ -325,7 +326,7 @@ def install() -> bool:
     asked = choice in ("1", "true", "on") or os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu"
     if not asked and accelerator_in_reach() is not None:
         return False
-    if not active():
+    if not active() and run_log.prints_notices():
         _log.warning(
             "ranktuner_verl: no accelerator in reach of this process, so verl runs on the CPU platform this plugin "
             "adds (gloo, Ray CPU bundles). %s=0 turns it off, %s=1 forces it on.", SWITCH, SWITCH)

@@ -114,7 +114,7 @@ def _lora_run(base: Path, out: Path) -> Path:
     return out / "merged_hf"
 
 
-def test_report_on_a_lora_run_sees_the_adapter(tiny_model_dir, sft_parquet, tmp_path, monkeypatch):
+def test_report_on_a_lora_run_sees_the_adapter(tiny_model_dir, sft_parquet, tmp_path, monkeypatch, capsys):
     """The report runs the chain every command runs: the model forms of evaluation (a LoRA run is merged, not read
     as its base model), --logit-chunk honoured, and with --kind the noise tables."""
     lora = _lora_run(tiny_model_dir, tmp_path / "run")
@@ -126,6 +126,10 @@ def test_report_on_a_lora_run_sees_the_adapter(tiny_model_dir, sft_parquet, tmp_
                  "--max-examples", "4", "--logit-chunk", "5", "--kind", "swap", "--rate", "0.1",
                  "--rank-by", "signal,loss-share"]) == 0
     assert chunks == [5]
+    wrote = capsys.readouterr().err.strip().splitlines()[-1]  # every file it writes, not report.md alone
+    assert wrote == "wrote: " + ", ".join(str(out / name) for name in [
+        "report.md", "weight_histograms.png", "relative_scale.png", "weight_summary.csv", "report.json",
+        "noise_table.md", "noise_table.csv"]) and len(list(out.iterdir())) == 7
     text = (out / "report.md").read_text()
     assert "examples: 4" in text and "| ranktuner |" in text and "|S_t - 1| < 0.05" in text
     assert "**Ranked by loss-share**" in text and not re.search(r"\bnan\b", text, re.I)

@@ -134,7 +134,10 @@ def test_plots_and_their_data(table, tmp_path):
 
 
 def test_report_numbers(table, tmp_path):
-    write_report(table, tmp_path, {"model": "tiny"})
+    written = write_report(table, tmp_path, {"model": "tiny"})
+    assert [p.name for p in written] == ["report.md", "weight_histograms.png", "relative_scale.png",
+                                         "weight_summary.csv", "report.json"]  # all it writes (and the CLI prints)
+    assert sorted(written) == sorted(tmp_path.iterdir())
     numbers = json.loads((tmp_path / "report.json").read_text())
     assert numbers["s_near_one_share"] == pytest.approx(np.mean(np.abs(table["S"] - 1) < 0.05))
     assert numbers["methods"]["dft"]["mean"] == pytest.approx(table["p"].mean(), rel=1e-5)
@@ -142,3 +145,20 @@ def test_report_numbers(table, tmp_path):
     assert Image.open(tmp_path / "weight_histograms.png").size == figure_size_px(len(METHODS), 120)
     text = (tmp_path / "report.md").read_text()
     assert "S_t ~ 1" in text and not re.search(r"\bnan\b", text, re.I)
+
+
+@pytest.mark.parametrize("spread", [0.03, 3.0])
+def test_the_relative_scale_tick_labels_do_not_collide(table, spread):
+    """S_t within 1 +- 3% (the tiny model: every token near 1) labelled minor ticks in scientific notation, drawn over
+    each other; a wide spread must stay readable too."""
+    from ranktuner_verl.diagnostics.plots import scale_histogram
+
+    narrow = table.assign(S=np.exp(np.linspace(-spread, spread, len(table))))
+    fig = scale_histogram(narrow)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in fig.axes[0].xaxis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
+    boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda box: box.x0)
+    assert len(boxes) >= 3 and "1" in [t.get_text() for t in labels]
+    assert all(left.x1 < right.x0 for left, right in zip(boxes, boxes[1:])), [t.get_text() for t in labels]
+    assert not any("times" in t.get_text() or "^" in t.get_text() for t in labels)

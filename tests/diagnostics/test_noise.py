@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from ranktuner_verl.diagnostics.examples import load_examples, tokenize_examples
-from ranktuner_verl.diagnostics.noise import inject_noise, top_mask, top_share_metrics
+from ranktuner_verl.diagnostics.noise import chance_metrics, inject_noise, top_mask, top_share_metrics
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +116,18 @@ def test_bad_settings(clean, tokenizer, kwargs, message):
 def test_no_examples(tokenizer):
     with pytest.raises(ValueError, match="No examples"):
         inject_noise([], tokenizer)
+
+
+@pytest.mark.parametrize("scope", ["global", "sequence"])
+def test_the_chance_metrics_are_the_mean_over_random_orders(scope):
+    """chance_metrics against 4,000 random orders of the hand case (issue 20: one random draw showed 3.9% recall
+    under a caption promising 10%)."""
+    sequence, is_noise = _hand_case()
+    is_noise[[41, 42, 95]] = True  # uneven: 0 to 4 noise tokens per response
+    exact = chance_metrics(is_noise, sequence, top_share=0.15, scope=scope)
+    rng = np.random.default_rng(0)
+    draws = [top_share_metrics(rng.random(100), is_noise, sequence, top_share=0.15, scope=scope) for _ in range(4000)]
+    for key, value in exact.items():
+        assert value == pytest.approx(np.mean([d[key] for d in draws]), abs=0.01), key
+    k = 15 if scope == "global" else 20  # ceil(0.15 * 100) = 15; ceil(0.15 * 10) = 2 per response
+    assert exact["token_precision"] == pytest.approx(13 / 100) and exact["token_recall"] == pytest.approx(k / 100)

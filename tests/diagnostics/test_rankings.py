@@ -62,12 +62,17 @@ def test_each_ranking_has_its_known_answer(hand_table):
     assert rows["weight"] == [CHANCE] + METHOD_SPECS
 
 
-def test_chance_row_is_near_its_expectation(hand_table):
-    """A random 10% of the tokens holds about 10% of the noise and about 10% noise (noise share 10%)."""
-    big = pd.concat([hand_table.assign(example=hand_table["example"] + 10 * k) for k in range(50)])
-    chance = ranking_table(big, ["weight"]).iloc[0]
+def test_chance_row_is_its_expectation_and_the_caption_says_it(hand_table):
+    """A random 10% of the tokens holds 10% of the noise, 10% noise (noise share 10%); a response with 2 of the 100
+    tokens misses the top with probability C(98, 10) / C(100, 10) = 90 * 89 / (100 * 99)."""
+    result = ranking_table(hand_table, ["weight"])
+    chance = result.iloc[0]
     assert chance["row"] == CHANCE
-    assert chance["token_precision"] == pytest.approx(10, abs=2) and chance["token_recall"] == pytest.approx(10, abs=2)
+    assert (chance["token_precision"], chance["token_recall"]) == pytest.approx((10, 10))
+    assert chance["sequence_hit_rate"] == pytest.approx(100 * 0.5 * (1 - 90 * 89 / (100 * 99)))
+    text = ranking_markdown(result, hand_table, 0.1, "global", "a hand-built case")
+    assert "precision = the noise share (10.00%), recall = the top's share of the tokens (10.00%" in text
+    assert f"| {CHANCE} | 10.00% | 10.00% | {chance['sequence_hit_rate']:.2f}% |" in text
 
 
 def test_markdown_names_each_ranking_and_the_noise_share(hand_table):

@@ -2,8 +2,9 @@
 
 - Every ``global_step_N`` our trainers save holds ``ranktuner_loss.json``: the built loss (its method's name and
   every parameter, defaults filled in, so a default spelled out and one left out record the same).
-  Resuming (``trainer.resume_mode=auto|resume_path``) under another loss or other options is refused before the model
-  loads, naming each difference (``check_resume``).
+  Resuming (``trainer.resume_mode=auto|resume_path``) under another loss or other options, or with another
+  ``data.num_workers`` (verl's saved dataloader position needs the same), is refused before the model loads, naming
+  each difference (``check_resume``).
 - A save that fails (disk full: torch says only ``[enforce fail at inline_container.cc] unexpected pos``) is reported
   as ``no space left on <path>`` and its folder renamed ``global_step_N.incomplete``. verl moves the tracker
   (``latest_checkpointed_iteration.txt``) only after a complete save, so resuming and evaluating a checkpoint root
@@ -62,11 +63,18 @@ def check_resume(config: DictConfig) -> None:
     if path.endswith(INCOMPLETE_SUFFIX):
         raise ValueError(f"trainer.resume_from_path={path} is a checkpoint whose save failed (incomplete); resume "
                          "from an earlier global_step_N or from the checkpoint root's latest step")
+    check_dataloader_workers(path, int(config.data.num_workers))
     record_path = os.path.join(path, LOSS_RECORD)
     if not os.path.isfile(record_path):
         return  # saved by stock verl or an older version: nothing recorded to compare
-    saved = json.load(open(record_path))["loss"]
     wanted = loss_record(config)["loss"]
+    try:
+        saved = json.load(open(record_path))["loss"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{record_path}, the record of the loss {path} was trained with, is unreadable ({error!r}). If that run "
+            f"used this run's loss, write it back: {json.dumps({'loss': wanted})}; else resume another checkpoint or "
+            "start a new run (trainer.resume_mode=disable, or another trainer.default_local_dir)") from None
     if saved != wanted:
         differences = "; ".join(
             f"loss.{key}: checkpoint {saved.get(key, '(unset)')!r}, this run {wanted.get(key, '(unset)')!r}"
@@ -75,6 +83,25 @@ def check_resume(config: DictConfig) -> None:
             f"resuming {path} would continue a run trained with another loss configuration ({differences}). "
             "Run with the checkpoint's loss options, or start a new run: trainer.resume_mode=disable, or another "
             "trainer.default_local_dir")
+
+
+def check_dataloader_workers(path: str, num_workers: int) -> None:
+    """The checkpoint's dataloader state (verl's ``data_0.pt``, a torchdata ``StatefulDataLoader`` state) loads only
+    into a dataloader with the same ``data.num_workers``: torchdata fails after the model loads ("State doesn't contain
+    key '_snapshot' expected for multiprocess dataloader"); refuse the change before."""
+    state_file = os.path.join(path, "data_0.pt")
+    if not os.path.isfile(state_file):
+        return
+    import torch
+
+    state = torch.load(state_file, map_location="cpu", weights_only=False)  # what verl's resume loads too
+    saved = len(state["_snapshot"]["_worker_snapshots"]) if "_snapshot" in state else 0
+    if saved != num_workers:
+        raise ValueError(
+            f"{path} was saved with data.num_workers={saved} and this run has data.num_workers={num_workers}: its "
+            "dataloader position loads only with the same number of workers. Add data.num_workers="
+            f"{saved} to resume it, or start a new run (trainer.resume_mode=disable, or another "
+            "trainer.default_local_dir)")
 
 
 def finished_message(resume_step: int, total_steps: int, root: str) -> str | None:

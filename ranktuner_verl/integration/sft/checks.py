@@ -5,8 +5,11 @@
 ``scripts/train.sh`` runs this once before torchrun starts its ranks, so a bad option or bad input is printed once
 and last (the ranks then skip the slow checks: ``CHECKED_ENV``). The checks (``run_checks``):
 
+- verl's own numeric options and ``data.truncation`` (``check_options``: verl reads them unchecked, so a negative batch
+  size fails after the model loads and ``trainer.total_training_steps=-5`` trains one step);
 - the loss options given on the command line belong to the loss chosen (``check_loss_overrides``);
-- each data file is a readable parquet file with the messages column and non-empty responses;
+- each data file is a readable parquet file with rows, the messages column (lists of turns, not JSON text) and
+  non-empty responses;
 - row counts against the batch size: a train file smaller than one batch runs no step, a validation file smaller than
   one batch validates nothing (verl drops the last partial batch in both);
 - ``model.path`` exists (or is a hub id ``org/name``);
@@ -21,11 +24,14 @@ and last (the ranks then skip the slow checks: ``CHECKED_ENV``). The checks (``r
 
 from __future__ import annotations
 
+import contextlib
+import io
+import math
 import os
 import re
 import sys
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 CHECKED_ENV = "RANKTUNER_VERL_CHECKED"  # "1": the checks ran before the ranks started (scripts/train.sh)
 FIRST_ROWS = 4  # rows run through verl's dataset (template consistency)
@@ -35,6 +41,28 @@ EXPECTED_COLUMN_HELP = (
     "or ranktuner_verl.data.tiny.write_sft_parquet."
 )
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+TRUNCATIONS = ("error", "left", "right")  # what verl's MultiTurnSFTDataset accepts (it asserts, with no message)
+# verl's numeric options, which it reads unchecked: key -> (whole number?, smallest valid value, other valid values)
+NUMERIC_OPTIONS = {
+    "data.train_batch_size": (True, 1, ()),
+    "data.micro_batch_size_per_gpu": (True, 1, ()),
+    "data.max_token_len_per_gpu": (True, 1, ()),
+    "data.max_length": (True, 1, ()),
+    "data.num_workers": (True, 0, ()),
+    "data.train_max_samples": (True, 1, (-1,)),
+    "data.val_max_samples": (True, 1, (-1,)),
+    "trainer.total_epochs": (True, 1, ()),
+    "trainer.total_training_steps": (True, 1, (None,)),
+    "trainer.save_freq": (True, 1, (-1,)),
+    "trainer.test_freq": (True, 1, (-1,)),
+    "trainer.max_ckpt_to_keep": (True, 1, (None,)),
+    "trainer.seed": (True, 0, ()),
+    "optim.lr": (False, 0, ()),
+    "optim.weight_decay": (False, 0, ()),
+    "optim.clip_grad": (False, 0, ()),
+    "optim.lr_warmup_steps_ratio": (False, 0, ()),
+    "optim.min_lr_ratio": (False, 0, ()),
+}
 
 
 class StartupError(ValueError):
@@ -69,6 +97,7 @@ def run_checks(config: DictConfig, loss) -> None:
     """All the checks of the module docstring but the command line's (``loss`` is the built ``WeightedSFTLoss``)."""
     from ranktuner_verl.integration.sft.checkpoint_guard import check_resume
 
+    check_options(config)
     if config.model.get("use_fused_kernels", False) and not loss.runs_fused:
         from ranktuner_verl.integration.fused_stats import unsupported_backend
 
@@ -86,6 +115,28 @@ def run_checks(config: DictConfig, loss) -> None:
         check_resume(config)
     except ValueError as error:
         raise StartupError(str(error)) from None
+
+
+def check_options(config: DictConfig) -> None:
+    """``NUMERIC_OPTIONS`` hold numbers in their range (finite; whole where verl counts); ``data.truncation`` is one
+    verl knows."""
+    absent = object()
+    for key, (whole, lowest, also_valid) in NUMERIC_OPTIONS.items():
+        value = OmegaConf.select(config, key, default=absent)
+        if value is absent or value in also_valid:
+            continue
+        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if number is not None and math.isfinite(number) and number >= lowest and (not whole or number == int(number)):
+            continue
+        valid = f"{'a whole number' if whole else 'a finite number'} of at least {lowest}"
+        valid += "".join(f" or {'null' if v is None else v}" for v in also_valid)
+        raise StartupError(f"{key}={value}: it must be {valid}. Set {key} to such a value (or leave it out: verl's "
+                           "default).")
+    truncation = config.data.get("truncation", "error")
+    if truncation not in TRUNCATIONS:
+        raise StartupError(f"data.truncation={truncation}: verl truncates a conversation longer than data.max_length "
+                           f"only with {', '.join(TRUNCATIONS[:-1])} or {TRUNCATIONS[-1]}. Set data.truncation to one "
+                           "of them.")
 
 
 def check_model_path(config: DictConfig) -> None:
@@ -139,7 +190,16 @@ def read_data(config: DictConfig) -> dict[str, tuple[list[str], list]]:
             if column is None:
                 raise StartupError(f"data.{split}: {path} has columns {schema_names} but no {key!r} column "
                                    f"(data.messages_key). {EXPECTED_COLUMN_HELP}")
+            if not column:
+                raise StartupError(f"data.{split}: {path} has no rows. Point data.{split} at a file with "
+                                   f"conversations. {EXPECTED_COLUMN_HELP}")
             for row, turns in enumerate(column):
+                if isinstance(turns, str) or not all(isinstance(turn, dict) for turn in turns or []):
+                    raise StartupError(
+                        f"data.{split}: {path} row {row}: the {key!r} column holds {type(turns).__name__} values "
+                        f"(JSON text?), not lists of turns, e.g. {str(turns)[:80]!r}. Store the turns as a list "
+                        f"column (for JSON text: df[{key!r}] = df[{key!r}].map(json.loads), then df.to_parquet). "
+                        f"{EXPECTED_COLUMN_HELP}")
                 responses = [turn.get("content") for turn in turns or [] if turn.get("role") == "assistant"]
                 if not responses or any(not (text or "").strip() for text in responses):
                     raise StartupError(
@@ -178,7 +238,8 @@ def check_tokenization(config: DictConfig, rows: dict) -> None:
     tokenizer = hf_tokenizer(os.path.expanduser(str(source)), trust_remote_code=config.model.get("trust_remote_code",
                                                                                                  False))
     for split, (files, messages) in rows.items():
-        dataset = MultiTurnSFTDataset(list(files), tokenizer, config.data, max_samples=FIRST_ROWS)
+        with contextlib.redirect_stdout(io.StringIO()):  # its "dataset len", "selected N random samples" lines
+            dataset = MultiTurnSFTDataset(list(files), tokenizer, config.data, max_samples=FIRST_ROWS)
         for index in range(len(dataset)):
             try:
                 dataset[index]
@@ -255,19 +316,23 @@ def _token_counts(tokenizer, conversations: list, generation_prompt: bool, kwarg
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Compose the trainer's config from ``argv`` (Hydra overrides) and run every check; print the problem last."""
-    from ranktuner_verl.integration import plugin  # noqa: F401  (installs the hooks, as the trainers do)
-    from ranktuner_verl.integration.sft.config import compose_config
+    """Compose the trainer's config from ``argv`` (Hydra overrides) and run every check; print the problem last
+    (no notice before it: ``run_log``)."""
+    from ranktuner_verl.integration import run_log
 
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
+    run_log.no_notices_here()  # before the plugin loads verl
+    from ranktuner_verl.integration import plugin  # noqa: F401  (installs the hooks, as the trainers do)
+    from ranktuner_verl.integration.sft.config import compose_config
+
     try:
         check_loss_overrides(argv)
         prepare(compose_config(argv))
     except Exception as error:  # Hydra's and ours: one line, last
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error or repr(error)}", file=sys.stderr)
         return 2
     print("start-up checks passed", file=sys.stderr)
     return 0

@@ -7,19 +7,35 @@ mounted bucket) for the model, the data and the checkpoints, given as absolute p
 
 - ``resolve_overrides``: what ``scripts/train_ray.sh`` submits: every relative path of ``PATH_KEYS`` made absolute
   against the submitting directory, and ``trainer.default_local_dir`` added (absolute) when it was not given.
-      python -m ranktuner_verl.integration.sft.cluster OVERRIDES...   # prints them, NUL-separated
 - ``refuse_relative_paths``: the Ray driver on a cluster of more than one node refuses relative paths left.
+- ``submit``: what ``scripts/train_ray.sh`` runs with ``RAY_ADDRESS``: ``ray job submit`` of the Ray trainer with the
+  resolved overrides, on the interpreter ``job_interpreter`` names, uploading the submitting directory without run
+  outputs (``upload_excludes``: Ray refuses an upload over 100 MiB); Ctrl-C stops following the job, not the job,
+  and says how to stop it.
+      python -m ranktuner_verl.integration.sft.cluster OVERRIDES...   # env: RAY_ADDRESS, JOB_PYTHON
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
+import subprocess
 import sys
+import time
 
 from omegaconf import DictConfig
 
+from ranktuner_verl.integration import run_log
+from ranktuner_verl.integration.sft.runs import RAY_TRAINER
+
 PATH_KEYS = ("model.path", "model.tokenizer_path", "data.train_files", "data.val_files", "trainer.default_local_dir")
 CHECKPOINT_KEY = "trainer.default_local_dir"
+# Folders our scripts and verl write run outputs to, below the directory they run in (also in .gitignore): never
+# uploaded with a job. quickstart/: scripts/quickstart.sh; runs/: reproduce_table.sh; results/: eval.sh's examples;
+# checkpoints/: verl's default trainer.default_local_dir; outputs/: Hydra's; wandb/, tensorboard_log/: the trackers'.
+RUN_OUTPUTS = ("checkpoints", "quickstart", "runs", "results", "outputs", "wandb", "tensorboard_log", ".venv")
+RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]
 
 
 def _is_relative_local(value: str, must_exist: bool) -> bool:
@@ -84,5 +100,67 @@ def _working_directory() -> str:
         return "a temporary folder Ray has already removed"
 
 
+def upload_excludes(resolved: list[str], cwd: str) -> list[str]:
+    """Ray ``runtime_env`` excludes (gitignore patterns, relative to ``cwd``): ``RUN_OUTPUTS`` and the run's
+    checkpoint folder when it lies below ``cwd``."""
+    excludes = [f"/{name}/" for name in RUN_OUTPUTS]
+    for arg in resolved:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") == CHECKPOINT_KEY and os.path.isabs(value):
+            inside = os.path.relpath(value, cwd)
+            if inside != "." and inside.split(os.sep)[0] != "..":
+                excludes.append(f"/{inside}/")
+    return excludes
+
+
+def job_interpreter(job_python: str, cwd: str) -> str:
+    """The interpreter the job runs on: a path with a folder in it made absolute against ``cwd`` (not resolved: a
+    venv's python is a link, and only its own path finds the venv); a bare name is looked up on each node's PATH."""
+    return os.path.abspath(os.path.join(cwd, job_python)) if os.sep in job_python else job_python
+
+
+def submit_command(overrides: list[str], address: str, job_python: str, cwd: str, submission_id: str) -> list[str]:
+    """``ray job submit`` of the Ray trainer: overrides resolved, interpreter absolute, run outputs not uploaded."""
+    resolved = resolve_overrides(overrides, cwd)
+    runtime_env = {"working_dir": cwd, "excludes": upload_excludes(resolved, cwd)}
+    return [*RAY_CLI, "job", "submit", f"--address={address}", f"--submission-id={submission_id}",
+            f"--runtime-env-json={json.dumps(runtime_env)}", "--", job_interpreter(job_python, cwd), "-m",
+            RAY_TRAINER, *resolved]  # Ray quotes each argument of the entrypoint
+
+
+def submit(overrides: list[str], address: str, job_python: str, cwd: str) -> int:
+    """Submit the job and follow its log (``submit_command``); the job's exit code, or 130 after Ctrl-C, which
+    leaves the job running: say so, and how to stop it."""
+    submission_id = f"ranktuner-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    command = submit_command(overrides, address, job_python, cwd, submission_id)
+    entrypoint = shlex.join(command[command.index("--") + 1:])
+    print(f"submitting {submission_id}: {entrypoint}", file=sys.stderr, flush=True)
+    process = subprocess.Popen(command)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.wait()  # the Ctrl-C reached `ray job submit` too: it stops following the log ("Aborted!")
+        print(still_running_message(address, submission_id), file=sys.stderr, flush=True)
+        return 130
+
+
+def still_running_message(address: str, submission_id: str) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        status = JobSubmissionClient(address).get_job_status(submission_id).value
+    except Exception as error:  # noqa: BLE001  (the message must come out even when the dashboard does not answer)
+        status = f"in an unknown state ({error})"
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    ray = ray if os.path.isfile(ray) else "ray"
+    if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+        return (f"Stopped following job {submission_id}, which has ended ({status}); its log: {ray} job logs "
+                f"--address={address} {submission_id}")
+    return (f"Stopped following job {submission_id}, which is {status} on the cluster: Ctrl-C does not stop a "
+            f"submitted job. Stop it with: {ray} job stop --address={address} {submission_id}  (follow it again: "
+            f"{ray} job logs --follow --address={address} {submission_id})")
+
+
 if __name__ == "__main__":
-    sys.stdout.write("\0".join(resolve_overrides(sys.argv[1:], os.getcwd())) + "\0")
+    run_log.no_notices_here()
+    sys.exit(submit(sys.argv[1:], os.environ["RAY_ADDRESS"], os.environ.get("JOB_PYTHON") or "python", os.getcwd()))

@@ -20,6 +20,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ranktuner_verl.integration import plugin  # noqa: F401  (first: installs the CPU platform before verl loads)
+from ranktuner_verl.integration import run_log
 from ranktuner_verl.integration.sft import checks
 from ranktuner_verl.integration.sft.checks import prepare  # noqa: F401  (trainer.prepare, as before)
 from ranktuner_verl.integration.sft.config import (  # noqa: F401  (compose_config: for trainer users)
@@ -28,6 +29,7 @@ from ranktuner_verl.integration.sft.config import (  # noqa: F401  (compose_conf
 from ranktuner_verl.integration.sft.checkpoint_guard import GuardedCheckpoints, finished_before_loading, finished_message
 from ranktuner_verl.integration.sft.loss import SUPERVISED_TOKENS, reduce_step_metrics, take_nll_sums
 
+run_log.quiet_verl_engine_warnings()
 from verl.trainer import sft_trainer as verl_sft_trainer  # noqa: E402  (after the plugin)
 from verl.trainer.sft_trainer import SFTTrainer  # noqa: E402  (after the plugin: it must see the CPU platform)
 
@@ -41,6 +43,10 @@ def use_weighted_loss(trainer, step_metrics_client: type[StepMetricsClient]) -> 
 
 class RankTunerSFTTrainer(SFTTrainer):
     """verl's SPMD SFT trainer with the loss named by ``config.loss``."""
+
+    def __init__(self, config):
+        with run_log.config_to_file(verl_sft_trainer):
+            super().__init__(config)
 
     def _build_engine(self):
         super()._build_engine()

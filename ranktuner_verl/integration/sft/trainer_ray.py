@@ -13,6 +13,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from ranktuner_verl.integration import run_log
 from ranktuner_verl.integration.sft.checkpoint_guard import GuardedCheckpoints, finished_before_loading
 from ranktuner_verl.integration.sft.cluster import refuse_relative_paths
 from ranktuner_verl.integration.sft.trainer import (
@@ -26,6 +27,10 @@ from verl.trainer.sft_trainer_ray import SFTTrainer as VerlRaySFTTrainer  # noqa
 
 class RankTunerRaySFTTrainer(VerlRaySFTTrainer):
     """verl's Ray SFT trainer with the loss named by ``config.loss``."""
+
+    def __init__(self, config):
+        with run_log.config_to_file(verl_sft_trainer_ray):
+            super().__init__(config)
 
     def _build_engine(self):
         super()._build_engine()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -225,3 +227,85 @@ def test_resume_from_an_incomplete_checkpoint_is_refused(tiny, tmp_path):
     folder.mkdir()
     with pytest.raises(StartupError, match="save failed"):
         trainer.prepare(config(*base(tiny), "trainer.resume_mode=resume_path", f"trainer.resume_from_path={folder}"))
+
+
+# --- issue 20: messages that keep their meaning -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("option, valid", [
+    ("data.train_batch_size=-8", "a whole number of at least 1"),
+    ("data.max_length=abc", "a whole number of at least 1"),
+    ("data.micro_batch_size_per_gpu=1.5", "a whole number of at least 1"),
+    ("optim.lr=nan", "a finite number of at least 0"),
+    ("optim.lr=-0.5", "a finite number of at least 0"),
+    ("trainer.total_training_steps=-5", "a whole number of at least 1 or null"),
+    ("data.train_max_samples=0", "a whole number of at least 1 or -1"),
+])
+def test_verl_numeric_options_out_of_range_are_refused_before_the_model_loads(tiny, option, valid):
+    key, value = option.split("=")
+    with pytest.raises(StartupError, match=rf"^{re.escape(option)}: it must be {valid}\. Set {re.escape(key)} to"):
+        trainer.prepare(config(*base(tiny), option))
+    trainer.prepare(config(*base(tiny), "trainer.total_training_steps=null", "data.train_max_samples=-1"))
+
+
+def test_an_unknown_truncation_is_named_with_the_valid_ones(tiny):
+    with pytest.raises(StartupError, match=r"data.truncation=middle: .* only with error, left or right\. Set"):
+        trainer.prepare(config(*base(tiny), "data.truncation=middle"))
+
+
+def test_messages_stored_as_json_text_are_named_with_the_conversion(tiny, tmp_path):
+    rows = [json.dumps(to_messages(r["problem"], r["solution"])) for r in math_cot_examples(8)]
+    path = write_rows(tmp_path / "json.parquet", rows)
+    with pytest.raises(StartupError, match=rf"{path} row 0: the 'messages' column holds str values \(JSON text\?\), "
+                                           r"not lists of turns.*map\(json.loads\)"):
+        trainer.prepare(config(*base(tiny, train=path)))
+
+
+def test_an_empty_parquet_file_is_said_to_have_no_rows(tiny, tmp_path):
+    path = write_rows(tmp_path / "empty.parquet", [])
+    with pytest.raises(StartupError, match=rf"data.train_files: {path} has no rows\. Point data.train_files at"):
+        trainer.prepare(config(*base(tiny, train=path)))
+
+
+def test_a_broken_loss_record_names_its_file_and_the_record_to_write(tiny, tmp_path):
+    folder = fake_checkpoint(tmp_path / "ckpt", 2, {})
+    (folder / LOSS_RECORD).write_text('{"loss": {"name": "ranktuner"')  # cut short
+    ckpt = [f"trainer.default_local_dir={tmp_path / 'ckpt'}", "trainer.resume_mode=auto"]
+    with pytest.raises(StartupError, match=rf"^{folder / LOSS_RECORD}, the record of the loss .* is unreadable .*"
+                                           r"write it back: \{\"loss\": \{\"name\": \"dft\""):
+        trainer.prepare(config(*base(tiny), "loss=dft", *ckpt))
+
+
+def save_dataloader_state(folder: Path, num_workers: int) -> None:
+    """What verl's checkpoint handler saves as data_0.pt: a torchdata StatefulDataLoader's state, mid-epoch."""
+    import torch
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    loader = StatefulDataLoader(list(range(16)), batch_size=4, num_workers=num_workers)
+    batches = iter(loader)
+    next(batches)
+    torch.save(loader.state_dict(), folder / "data_0.pt")
+
+
+@pytest.mark.parametrize("saved, resumed", [(0, 8), (2, 0)])
+def test_resume_with_another_num_workers_is_refused_before_the_model_loads(tiny, tmp_path, saved, resumed):
+    """The quickstart saves with data.num_workers=0, verl's default is 8: torchdata's state loads only into the same
+    number of workers and failed after the model loaded ("State doesn't contain key '_snapshot' ...")."""
+    from ranktuner_verl.integration.sft.checkpoint_guard import loss_record
+
+    folder = fake_checkpoint(tmp_path / "ckpt", 2, loss_record(config("loss=sft"))["loss"])
+    save_dataloader_state(folder, saved)
+    ckpt = [f"trainer.default_local_dir={tmp_path / 'ckpt'}", "trainer.resume_mode=auto", "loss=sft"]
+    with pytest.raises(StartupError, match=rf"{folder} was saved with data.num_workers={saved} and this run has "
+                                           rf"data.num_workers={resumed}: .* Add data.num_workers={saved} to resume"):
+        trainer.prepare(config(*base(tiny), *ckpt, f"data.num_workers={resumed}"))
+    trainer.prepare(config(*base(tiny), *ckpt, f"data.num_workers={saved}"))
+
+
+def test_a_rejected_input_prints_its_error_alone(tiny, tmp_path):
+    """The checks' process (scripts/train.sh runs it first) prints no per-process notice before the error."""
+    result = subprocess.run([sys.executable, "-m", "ranktuner_verl.integration.sft.checks", *base(tiny),
+                             "data.train_batch_size=-8"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert (result.stdout + result.stderr).strip().splitlines() == [
+        "error: data.train_batch_size=-8: it must be a whole number of at least 1. Set data.train_batch_size to such "
+        "a value (or leave it out: verl's default)."]

@@ -116,3 +116,14 @@ def test_the_cli_stops_before_training_on_a_bad_parameter(runs):
     assert result.returncode != 0
     assert "form='bogus' is not valid" in output and "'practical', 'exact'" in output
     assert "Loading weights" not in output and "step:1" not in output
+
+
+def test_the_log_says_each_notice_once_and_keeps_the_config_in_a_file(runs):
+    """Two ranks: the CPU platform's notice and verl's five "engine is not available" warnings come once (rank 0),
+    not per process; verl's one-line config (6,000+ characters) goes to Hydra's output folder, its path printed."""
+    run = runs("ranktuner_2proc", extra=["loss=ranktuner"], nproc=2)
+    assert run.output.count("no accelerator in reach of this process") == 1
+    assert run.output.count("UserWarning: megatron engine is not available") == 1
+    config = [line.split(": ", 1)[1] for line in run.output.splitlines() if line.startswith("verl's full config: ")]
+    assert len(config) == 1 and "loss:\n  name: ranktuner" in open(config[0]).read()
+    assert max(len(line) for line in run.output.splitlines()) < 1000

@@ -6,6 +6,7 @@ Only the processes this test started are stopped, by PID."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -109,9 +110,12 @@ OVERRIDES = ["loss=sft", "model.path=model", "data.train_files=data/train.parque
 
 
 def test_train_ray_sh_submits_absolute_paths_and_the_checkpoint_lands_here(cluster, project):
+    """Also: JOB_PYTHON relative to the submitting directory (it named the job's copy of it, which has no venv)."""
     address, env = cluster
+    job_python = os.path.relpath(REPO / ".venv" / "bin" / "python", project)
     result = subprocess.run(["bash", str(REPO / "scripts" / "train_ray.sh"), *OVERRIDES], cwd=project,
-                            env={**env, "RAY_ADDRESS": address, "NNODES": "1", "NGPUS_PER_NODE": "1"},
+                            env={**env, "RAY_ADDRESS": address, "NNODES": "1", "NGPUS_PER_NODE": "1",
+                                 "JOB_PYTHON": job_python},
                             capture_output=True, text=True, timeout=600)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
@@ -134,3 +138,33 @@ def test_a_job_with_a_relative_checkpoint_folder_is_refused_on_two_nodes(cluster
     refusal = "this Ray cluster has 2 nodes and trainer.default_local_dir=checkpoints/ranktuner-verl/refused is relative"
     assert refusal in output, output[-4000:]
     assert "Saving checkpoint" not in output
+
+
+def test_ctrl_c_says_the_job_runs_on_and_how_to_stop_it(cluster, project):
+    """Ctrl-C (SIGINT to the foreground process group) stops following the log, not the job: the last line says so
+    and names `ray job stop`; the job is still running until that command stops it. The job runs on this
+    checkout's .venv interpreter by default (no activated venv needed)."""
+    address, env = cluster
+    process = subprocess.Popen(
+        ["bash", str(REPO / "scripts" / "train_ray.sh"), *OVERRIDES, "trainer.experiment_name=interrupted"],
+        cwd=project, env={**env, "RAY_ADDRESS": address, "NNODES": "1", "NGPUS_PER_NODE": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    for line in process.stdout:  # until `ray job submit` follows the log
+        lines.append(line)
+        if "Tailing logs" in line:
+            break
+    os.killpg(process.pid, signal.SIGINT)
+    output = "".join(lines) + process.communicate(timeout=120)[0]
+    assert process.returncode == 130, output[-3000:]
+    assert "submitting ranktuner-" in output and f"{REPO}/.venv/bin/python -m ranktuner_verl" in output
+    last = output.strip().splitlines()[-1]
+    job = re.search(r"Stopped following job (\S+), which is (RUNNING|PENDING) on the cluster", last)
+    assert job, output[-3000:]
+    stop = re.search(r"Stop it with: (.+?)  \(", last).group(1).split()
+    assert stop[1:] == ["job", "stop", f"--address={address}", job.group(1)]
+    stopped = subprocess.run(stop, env=env, capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    status = subprocess.run(RAY + ["job", "status", f"--address={address}", job.group(1)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert "was stopped" in status.stdout + status.stderr
