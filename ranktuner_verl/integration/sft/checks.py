@@ -325,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     run_log.no_notices_here()  # before the plugin loads verl
+    run_log.quiet_verl_engine_warnings()
     from ranktuner_verl.integration import plugin  # noqa: F401  (installs the hooks, as the trainers do)
     from ranktuner_verl.integration.sft.config import compose_config
 

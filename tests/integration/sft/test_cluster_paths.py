@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from ranktuner_verl.integration.sft import cluster
 
-REPO = Path(__file__).parents[2]
+REPO = Path(__file__).parents[3]
 
 
 def test_relative_paths_become_absolute_against_the_submitting_directory(tmp_path, monkeypatch):
