@@ -71,9 +71,26 @@ def select(all_cases: list[Case], methods: str | None, always: str | None = None
     return [case for case in all_cases if case.method in wanted or case.method == always]
 
 
+class BenchParser(argparse.ArgumentParser):
+    """A benchmark's command line: ``--help`` shows its module docstring as written (whole sentences) and each
+    option's default (unless its help already says it; not for flags)."""
+
+    def __init__(self, doc: str):
+        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        text = action.help or ""
+        if action.option_strings and action.help != argparse.SUPPRESS and "default" not in text \
+                and action.default not in (None, argparse.SUPPRESS) and not isinstance(action.default, bool):
+            action.help = f"{text} (default: %(default)s)".lstrip()
+        return action
+
+
 def add_methods_argument(parser: argparse.ArgumentParser) -> None:
     """``--methods``, the flag every benchmark chooses its methods with."""
-    parser.add_argument("--methods", default=None, help="comma-separated subset of: " + ", ".join(METHODS))
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated subset of: " + ", ".join(METHODS) + " (default: all)")
 
 
 def chosen_cases(parser: argparse.ArgumentParser, methods: str | None, always: str | None = None) -> dict[str, Case]:

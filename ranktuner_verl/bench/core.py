@@ -11,7 +11,6 @@ read the ratios, not the absolute times.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import gc
 import multiprocessing
@@ -20,7 +19,7 @@ import time
 
 import torch
 
-from ranktuner_verl.bench.cases import cases
+from ranktuner_verl.bench.cases import BenchParser, cases
 from ranktuner_verl.stats import expected_rank_sorted
 from ranktuner_verl.weighted_nll import weighted_nll
 
@@ -115,7 +114,7 @@ def _cases() -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = BenchParser(__doc__)
     parser.add_argument("--shapes", default="1024x151936,256x32768", help="comma-separated NxV")
     parser.add_argument("--dtypes", default="fp32,bf16", help=f"comma-separated, from {sorted(DTYPES)}")
     parser.add_argument("--repeats", type=int, default=3,

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from ranktuner_verl.bench.cases import Case, add_methods_argument, chosen_cases
+from ranktuner_verl.bench.cases import BenchParser, Case, add_methods_argument, chosen_cases
 
 FUSED = ["model.use_fused_kernels=True", "model.fused_kernel_options.impl_backend=torch"]
 
@@ -73,7 +73,7 @@ def run_one(out: Path, vocab: int, fused: bool, case: Case, args) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = BenchParser(__doc__)
     parser.add_argument("--out", "--out-dir", dest="out", type=Path, default=Path("bench_fused"))
     parser.add_argument("--vocabs", default="151936,248320")
     parser.add_argument("--sequences", type=int, default=16, help="conversations per micro-batch (~117 tokens each)")

@@ -19,13 +19,12 @@ verl step) and of the fused weighted loss forward + backward (``loss.weighted_nl
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import torch
 
-from ranktuner_verl.bench.cases import cases
+from ranktuner_verl.bench.cases import BenchParser, cases
 from ranktuner_verl.bench.core import make_inputs, peak_extra_mib, plain_nll
 from ranktuner_verl.methods import METHODS, get_method
 from ranktuner_verl.stats import (DEFAULT_REDUCER, REDUCERS, STATS, expected_rank_error_bound, reference_stats,
@@ -115,7 +114,7 @@ def measure_cost(logits, labels, repeats: int, reducer: str = DEFAULT_REDUCER) -
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = BenchParser(__doc__)
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     parser.add_argument("--rows", type=int, default=8192, help="tokens N (default 8192)")
     parser.add_argument("--vocab", type=int, default=151_936, help="vocabulary V (default 151936, Qwen's)")

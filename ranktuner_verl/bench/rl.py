@@ -13,12 +13,11 @@ of the machine then cancels, where a ratio of medians would keep it). Cases and 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 from pathlib import Path
 
-from ranktuner_verl.bench.cases import add_methods_argument, chosen_cases
+from ranktuner_verl.bench.cases import BenchParser, add_methods_argument, chosen_cases
 
 BASELINE = "vanilla"  # verl's own policy loss
 
@@ -30,7 +29,7 @@ def paired_ratio(seconds: dict[str, list[float]], name: str, baseline: str = BAS
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = BenchParser(__doc__)
     parser.add_argument("--vocab", type=int, default=151936)
     parser.add_argument("--hidden", type=int, default=64, help="64: the head dominates (worst case); 896: Qwen2.5-0.5B")
     parser.add_argument("--steps", type=int, default=12, help="updates per variant, taking turns; the first is not timed")

@@ -10,18 +10,17 @@ the steps after the first. Cases and targets: ``bench.cases``.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 from pathlib import Path
 
 from tqdm import tqdm
 
-from ranktuner_verl.bench.cases import add_methods_argument, chosen_cases
+from ranktuner_verl.bench.cases import BenchParser, add_methods_argument, chosen_cases
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = BenchParser(__doc__)
     parser.add_argument("--out", "--out-dir", dest="out", type=Path, default=Path("bench_trainer"))
     parser.add_argument("--vocab", type=int, default=151936)
     parser.add_argument("--steps", type=int, default=6, help="steps per loss; the first is not timed")
