@@ -11,12 +11,12 @@ baseline, and the time 164 problems x 16 samples would take at that rate. Machin
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
 import time
 
+from ranktuner_verl.bench.cases import BenchParser
 from ranktuner_verl.eval.benchmarks import load_benchmark
 from ranktuner_verl.eval.code import grade_code_many
 from ranktuner_verl.eval.sandbox import ISOLATIONS, probe
@@ -25,10 +25,10 @@ BASELINE = "none"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = BenchParser(__doc__)
     parser.add_argument("--problems", type=int, default=32, help="first N HumanEval problems")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=None, help="programs at a time (None: one per CPU core)")
+    parser.add_argument("--workers", type=int, default=None, help="programs at a time (default: one per CPU core)")
     args = parser.parse_args(argv)
     problems = load_benchmark("humaneval", limit=args.problems)
     usable = [name for name in ISOLATIONS if name == BASELINE or probe(name, shutil.which(name)) is None]
