@@ -21,6 +21,9 @@ from ranktuner_verl.stats import LN2, autocast_off, token_stats
 #: log of the smallest normal fp32: a log-probability of -inf (p = 0, a masked label) is replaced by it, so that every
 #: weight stays finite; any other log-probability, however small, is used as it is.
 LOG_TINY = math.log(torch.finfo(torch.float32).tiny)
+#: The stats key, added by ``Method.weights``, of the bool [N] "p_t = 0" (log_prob was -inf before the LOG_TINY
+#: floor), for a method whose weight at p = 0 the floor would not give (DEFT's p^alpha with a small alpha).
+P_IS_ZERO = "p_is_zero"
 #: TALR's floor on the temperature tau (docs/methods.md).
 TALR_TAU_FLOOR = 1e-6
 
@@ -113,7 +116,8 @@ class Method:
         with torch.no_grad(), autocast_off(stats["log_prob"].device):
             stats = {k: v.detach().float() for k, v in stats.items()}
             log_p = stats["log_prob"]
-            stats["log_prob"] = torch.where(log_p == -math.inf, LOG_TINY, log_p)  # p = 0 only: every p > 0 is kept
+            stats[P_IS_ZERO] = log_p == -math.inf
+            stats["log_prob"] = torch.where(stats[P_IS_ZERO], LOG_TINY, log_p)  # p = 0 only: every p > 0 is kept
             select = None if mask is None else mask.bool()
             return METHODS[self.name].fn(stats, select, **self.params)
 
@@ -230,7 +234,7 @@ def deft(stats, mask, gate):
 
     renyi2: alpha_t = sum_v pi_t(v)^2. cayley: alpha_t = clamp(a_f + (1 - a_f) p_t / (2 - p_t), 1e-3, 1),
     a_f = 0.5 * mean p over the batch's supervised tokens. The official objective -(p^a - 1)/a has gradient
-    sg(p^a) * grad(-log p): the same as this weight form.
+    sg(p^a) * grad(-log p): the same as this weight form. A label of probability 0 gets 0 = 0^alpha (alpha > 0).
     """
     log_p = stats["log_prob"]
     if gate == "renyi2":
@@ -240,7 +244,8 @@ def deft(stats, mask, gate):
         picked = _select(p, mask)
         a_f = 0.5 * picked.mean() if picked.numel() else p.new_tensor(0.5)
         alpha = (a_f + (1 - a_f) * p / (2 - p)).clamp(1e-3, 1.0)
-    return (alpha * log_p).exp()
+    weights = (alpha * log_p).exp()
+    return weights if P_IS_ZERO not in stats else weights.masked_fill_(stats[P_IS_ZERO], 0.0)
 
 
 #: RankTuner's floor on p_t * s(H_t) in the practical form (the authors' loss code): S_t <= 1e6^K.

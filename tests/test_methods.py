@@ -117,6 +117,19 @@ def test_deft_cayley_gate_uses_the_batch_mean():
     torch.testing.assert_close(get_method("deft", gate="cayley").weights({"log_prob": p.log()}), p**alpha)
 
 
+@pytest.mark.parametrize("gate", ["renyi2", "cayley"])
+def test_deft_gives_a_label_of_probability_zero_weight_zero(gate):
+    """p^alpha at p = 0 is 0 for every alpha > 0 (the definition), from real statistics of a masked vocabulary: a
+    small gate alpha must not turn the finite stand-in for log 0 into a weight of 0.58 (renyi2) or 0.044 (cayley)."""
+    z = torch.zeros(3, 200)
+    z[:, 100:] = -math.inf  # a masked vocabulary: the label 150 has probability 0
+    z[2, 0] = 30.0  # a confident row: p = 1 - 1e-11
+    labels = torch.tensor([150, 3, 0])
+    w = token_weights("deft", z, labels, gate=gate)
+    assert w[0].item() == 0.0
+    assert 0 < w[1].item() < 1 and w[2].item() == pytest.approx(1.0)
+
+
 #: docs/methods.md's worked table, practical form: (p, H bits, p_max, R) -> S and p*S for proxy=piecewise (the
 #: default) and proxy=massey. Below 2 bits the two differ; from 2 bits on they agree; the third row hits the 1e-6 floor.
 WORKED = [

@@ -1,9 +1,10 @@
 """Per-token statistics of the predicted distribution, the torch reducer: the inputs of every weighting method.
 
 Notation (docs/methods.md): z_t the logits over the vocabulary V, pi_t = softmax(z_t), y_t the label,
-p_t = pi_t(y_t). Everything is computed in fp32 with autocast off (whatever the caller's autocast state: verl runs the
-loss inside a bf16 autocast on a GPU, where ``linalg.vecdot`` would otherwise run in bf16), without gradient, a chunk
-of rows at a time, so the extra memory is O(chunk_rows * V) whatever the number of tokens N.
+p_t = pi_t(y_t). Everything is computed from fp32 terms, the sums over the vocabulary accumulated in fp64, with
+autocast off (whatever the caller's autocast state: verl runs the loss inside a bf16 autocast on a GPU, where
+``linalg.vecdot`` would otherwise run in bf16), without gradient, a chunk of rows at a time, so the extra memory is
+O(chunk_rows * V) whatever the number of tokens N.
 
 Pure PyTorch: no verl import here.
 """
@@ -172,14 +173,19 @@ _SUMS_OF = {
 }
 
 
+#: The sums over the vocabulary, accumulated in fp64 from fp32 terms: an fp32 sum of 151,936 terms errs by up to
+#: 2.8e-6 relative, enough to break the documented bounds (docs/methods.md, "Precision").
+_FP64_SUMS = frozenset({"total", "e_dot_shift", "e_dot_e", "rank_integral"})
+
+
 class _RowSums:
-    """The [N] per-row sums of one ``token_stats`` call (fp32; rank_integral fp64); each chunk writes its rows in
-    place."""
+    """The [N] per-row sums of one ``token_stats`` call (``_FP64_SUMS`` in fp64, the rest fp32); each chunk writes its
+    rows in place."""
 
     def __init__(self, n: int, needs: frozenset[str], device: torch.device):
         names = {sum_name for stat in needs for sum_name in _SUMS_OF[stat]}
         self.n, self.device = n, device
-        self.values = {name: torch.empty(n, dtype=torch.float64 if name == "rank_integral" else torch.float32,
+        self.values = {name: torch.empty(n, dtype=torch.float64 if name in _FP64_SUMS else torch.float32,
                                          device=device) for name in names}
 
     def part(self, start: int, stop: int) -> dict[str, torch.Tensor]:
@@ -189,18 +195,20 @@ class _RowSums:
         v = self.values
         out = {}
         if "total" in v:
-            log_total = v["total"].log()  # = logsumexp(z) - max z, in [0, ln V]
+            # logsumexp(z) - max z = ln(1 + m), m = total - 1 the non-top mass (exact in fp64): log1p keeps a
+            # confident row's ln(1 + m) ~ m, the top token's term of the entropy, which ln(total) in fp32 loses
+            log_total = torch.log1p(v["total"] - 1)
         if "log_prob" in needs:
-            out["log_prob"] = v["z_label"] - v["z_max"] - log_total
+            out["log_prob"] = (v["z_label"].double() - v["z_max"].double() - log_total).float()
         if "logsumexp" in needs:
-            out["logsumexp"] = v["z_max"] + log_total
+            out["logsumexp"] = (v["z_max"].double() + log_total).float()
         if "p_max" in needs:
-            out["p_max"] = v["total"].reciprocal()  # the top token's e is 1
+            out["p_max"] = v["total"].reciprocal().float()  # the top token's e is 1
         if "entropy" in needs:
-            # H = lse - sum pi z = log_total - sum pi (z - max z): no cancellation for large logits
-            out["entropy"] = (log_total - v["e_dot_shift"] / v["total"]).clamp_(min=0)
+            # H = lse - sum pi z = ln(1 + m) - sum pi (z - max z): two terms >= 0, no cancellation
+            out["entropy"] = (log_total - v["e_dot_shift"] / v["total"]).clamp_(min=0).float()
         if "sum_pi_squared" in needs:
-            out["sum_pi_squared"] = v["e_dot_e"] / v["total"].square()
+            out["sum_pi_squared"] = (v["e_dot_e"] / v["total"].square()).float()
         if "rank" in needs:  # a label at -inf ranks last: no token is below it
             out["rank"] = vocab - v["below"]
         if "expected_rank" in needs:
@@ -236,10 +244,10 @@ def reduce_chunk(logits: torch.Tensor, labels: torch.Tensor, needs: frozenset[st
     if "e_dot_shift" in sums:  # exp(-1e4) == 0 in fp32, so exact; and a -inf logit cannot make 0 * -inf = nan
         shifted.clamp_(min=_LOGIT_FLOOR)
     e = torch.exp(shifted, out=work.take("e", rows))
-    torch.sum(e, 1, out=sums["total"])  # in [1, V]
+    torch.sum(e, 1, dtype=torch.float64, out=sums["total"])  # in [1, V]; fp64 accumulation (_FP64_SUMS)
     for name, other in (("e_dot_shift", shifted), ("e_dot_e", e)):
         if name in sums:  # sum(e * other) through a work buffer: vecdot's own [rows, V] product is a fresh tensor
-            torch.sum(torch.mul(e, other, out=work.take("scratch", rows)), 1, out=sums[name])
+            torch.sum(torch.mul(e, other, out=work.take("scratch", rows)), 1, dtype=torch.float64, out=sums[name])
     if "rank_integral" in sums:
         if z.shape[1] <= _SORT_MAX_VOCAB:
             torch.linalg.vecdot(e.double().sort(dim=1, descending=True).values, _odd_numbers(z.shape[1], z.device),
@@ -275,9 +283,9 @@ def expected_rank_binned(shifted_logits: torch.Tensor, total: torch.Tensor,
     (bin b: (-(b+1) delta, -b delta]); in bin b, N lies between D_{b-1} and D_b, the running token counts, and each
     bin's piece of I is charged the mean of the two bounds (in bin 0, N >= 1: the top token). So
     I ~= sum_b D_b^2 kappa_b + (1 - e^-delta)/2, kappa_b = (g_b - g_{b+2})/2, g_b = e^(-b delta) (0 past the last bin).
-    |error| < (e^delta - 1)/2 * (E[R] - p_max) + e^-10/4 <= 3.0e-4 * E[R] + 2.3e-5, the last term from the last
-    bin, which takes every token more than 2 ln V + 10 nats below the top; RankTuner's S_t then errs by at most
-    8.6e-5 (docs/methods.md has the proofs). The counts are integers (one ``bincount``, no float atomics:
+    |error| < (e^delta - 1)/2 * (E[R] - p_max) + e^delta e^-10/4 <= 3.001e-4 * E[R] + 1.14e-5, the last term from
+    the last bin, which takes every token at least 2 ln V + 10 - delta nats below the top; RankTuner's S_t then errs
+    by at most 8.6e-5 (docs/methods.md has the proofs; ``expected_rank_error_bound``). The counts are integers (one ``bincount``, no float atomics:
     deterministic on every device), their running sums and squares exact in fp64.
 
     ``shifted_logits`` = z - max z (<= 0; -inf allowed) [rows, V], ``total`` = sum_v e(v) [rows]. Returns fp32 [rows].
@@ -289,12 +297,13 @@ def expected_rank_binned(shifted_logits: torch.Tensor, total: torch.Tensor,
 
 
 def expected_rank_error_bound(exact: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """The documented bound on |E[R] from ``token_stats`` - E[R]| (docs/methods.md): 0 up to ``_SORT_MAX_VOCAB`` (a
-    sort) but fp32 rounding; above, (e^delta - 1)/2 * E[R] + e^-10/2 from the histogram. Both plus 1e-6 * E[R] for the
-    fp32 rounding."""
+    """The documented bound on |E[R] from ``token_stats`` - E[R]| (docs/methods.md, "E[R] without a sort"): up to
+    ``_SORT_MAX_VOCAB`` (a sort) fp32 rounding alone; above, the histogram's (e^delta - 1)/2 * E[R] +
+    e^delta e^-10/4 (the first form of the docs with p_max dropped), plus 1e-6 * E[R] for the fp32 rounding."""
+    delta = EXPECTED_RANK_BIN_WIDTH
     histogram = vocab_size > _SORT_MAX_VOCAB
-    relative = (math.expm1(EXPECTED_RANK_BIN_WIDTH) / 2 if histogram else 0.0) + 1e-6
-    return relative * exact + (math.exp(-10) / 2 if histogram else 0.0)
+    relative = (math.expm1(delta) / 2 if histogram else 0.0) + 1e-6
+    return relative * exact + (math.exp(delta - 10) / 4 if histogram else 0.0)
 
 
 def _expected_rank_of(rank_integral: torch.Tensor, total: torch.Tensor) -> torch.Tensor:

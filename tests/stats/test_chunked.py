@@ -4,6 +4,7 @@ Every reducer registered at the dispatch point (``stats.REDUCERS``) runs the ora
 
 import functools
 import math
+import re
 
 import pytest
 import torch
@@ -270,3 +271,31 @@ def test_memory_is_bounded_by_the_chunk_not_by_n():
     assert sizes[1] <= sizes[0]
     n_bins = (2 * math.log(vocab) + 10) / EXPECTED_RANK_BIN_WIDTH + 1
     assert sizes[0] <= 4 * max(vocab, n_bins) * 8  # one [chunk, max(V, bins)] tensor of 8-byte elements
+
+
+def test_one_finite_logit_reaches_the_last_bin_term_of_the_bound():
+    """E[R] = 1 exactly, and the histogram's whole error is the last bin's, which holds the V - 1 tokens at -inf:
+    V^2 g_(n-1)/4 = 1.0002 e^-10/4 at V = 151,936 (so "g_(n-1) <= e^-10/V^2" was false), within the bound's
+    e^delta e^-10/4 and reaching it to fp32 rounding."""
+    vocab = 151_936
+    z = torch.full((1, vocab), -math.inf)
+    z[0, 7] = 3.0
+    got = token_stats(z, torch.tensor([7]), {"expected_rank"})["expected_rank"].double()
+    exact = torch.ones(1, dtype=torch.float64)
+    bound = expected_rank_error_bound(exact, vocab)
+    last_bin_term = expected_rank_error_bound(torch.zeros(1, dtype=torch.float64), vocab)  # the bound's constant
+    assert (got - exact).abs().item() <= bound.item()
+    assert (got - exact).item() >= 0.99 * last_bin_term.item()
+
+
+def test_the_documented_bound_implies_its_second_form():
+    """docs/methods.md states the E[R] bound in two forms; the second (a * E[R] + b) must follow from the first for
+    every E[R] up to V = 248,320, with the constants the docs print."""
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[2] / "docs" / "methods.md").read_text()
+    match = re.search(r"\|E_binned - E\[R\]\| < .*<= ([\d.e-]+) \* E\[R\] \+ ([\d.e-]+)", docs)
+    a, b = float(match.group(1)), float(match.group(2))
+    expected = torch.logspace(0, math.log10(248_320), 2000, dtype=torch.float64)
+    first = expected_rank_error_bound(expected, 248_320) - 1e-6 * expected  # the docs' first form, p_max dropped
+    assert (first <= a * expected + b).all()

@@ -127,3 +127,53 @@ def test_small_log_probabilities_are_used_as_they_are(name, params):
     want = METHODS[name].fn(finite, None, **method.params)
     torch.testing.assert_close(got[:4].double(), want, rtol=1e-5, atol=0)
     assert torch.isfinite(got[4])
+
+
+# ---- the bounds at Qwen's vocabulary, on adversarial rows --------------------------------------------------------------
+
+QWEN_V = 151_936
+
+
+def tied_tail(level: float, rows: int = 2) -> torch.Tensor:
+    """A top token at 0 and V - 1 tokens tied at ``level``: their fp32 row total is the worst rounded (2.8e-6 relative
+    at -16.4596405); at -14.2301998 the tail also sits on an E[R] histogram bin edge."""
+    z = torch.full((rows, QWEN_V), level)
+    z[:, 0] = 0.0
+    return z
+
+
+def confident(*tail: float) -> torch.Tensor:
+    """One row: the top token at 0, the given logits next, the rest at -100 (1 - p_max = sum of e^tail)."""
+    z = torch.full((1, QWEN_V), -100.0)
+    z[0, 1 : len(tail) + 1] = torch.tensor(tail)
+    z[0, 0] = 0.0
+    return z
+
+
+@pytest.mark.parametrize("z", [tied_tail(-14.2301998), tied_tail(-16.4596405), confident(*[-16.0] * 9),
+                               confident(-20.7)],
+                         ids=["tail on a bin edge", "worst-rounded tail", "1 - p_max = 1e-6", "1 - p_max = 1e-9"])
+def test_every_statistic_meets_its_bound_on_adversarial_rows_at_151936(z):
+    """The row total is summed in fp64 (fp32 breaks log_prob's bound 2.1x and E[R]'s by 0.2%), and a confident row's
+    entropy keeps the top token's term, ln(1 + m) with m = 1 - p_max tiny: relative error <= 1e-5 however small H."""
+    labels = torch.arange(z.shape[0])  # the top token, then a tail token
+    got = token_stats(z, labels, ALL)
+    want = reference_stats(z.double(), labels)
+    for name in ("log_prob", "logsumexp", "entropy", "sum_pi_squared", "p_max", "rank"):
+        torch.testing.assert_close(got[name].double(), want[name], rtol=RTOL, atol=ATOL, msg=name)
+    torch.testing.assert_close(got["entropy"].double(), want["entropy"], rtol=RTOL, atol=0, msg="entropy, relative")
+    from ranktuner_verl.stats import expected_rank_error_bound
+
+    error = (got["expected_rank"].double() - want["expected_rank"]).abs()
+    assert (error <= expected_rank_error_bound(want["expected_rank"], QWEN_V)).all(), error
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.5])
+def test_eaft_full_entropy_weight_of_a_confident_row_matches_fp64(alpha):
+    """EAFT with alpha < 1 magnifies the entropy's relative error near H = 0 only by alpha: the weight is right when
+    the entropy keeps its top-token term."""
+    z = torch.cat([confident(*[-16.0] * 9), confident(-13.5, -14.0)])
+    method = get_method("eaft", entropy="full", alpha=alpha)
+    got = method.weights(token_stats(z, torch.zeros(2, dtype=torch.long), method.needs))
+    want = METHODS["eaft"].fn(reference_stats(z.double(), torch.zeros(2, dtype=torch.long)), None, **method.params)
+    torch.testing.assert_close(got.double(), want, rtol=RTOL, atol=ATOL)

@@ -5,7 +5,8 @@
 with rho_t verl's rollout importance weight (``rollout_is_weights``, 1 when off) and w_t a registry method's weight
 (``ranktuner_verl.methods``; RankTuner: Yu et al., arXiv 2602.01745) or the high-entropy minority mask (keep the
 top-rho entropy quantile of the response tokens: Wang et al., arXiv 2506.01939), computed from the statistics the
-engine hook computes in the same forward as ``log_prob`` (same logits, same temperature). The product w_t * rho_t
+engine hook computes in the same forward as ``log_prob`` (same logits, same temperature), p_t included: the weights
+never read verl's ``log_prob``, which is bf16 where verl's log-softmax runs in bf16. The product w_t * rho_t (fp32)
 goes to the wrapped base policy loss (``base_loss``, verl's ``vanilla`` by default) as its per-token
 ``rollout_is_weights``: every base listed multiplies its per-token loss by it and by nothing else, so the KL and
 entropy terms of ``ppo_loss`` are untouched. Options: ``policy_loss.token_weight.*`` (``OPTIONS`` and the method's
@@ -45,7 +46,9 @@ BASE_LOSSES = ("vanilla", "dppo_tv", "dppo_kl", "gspo", "sapo", "gpg", "clip_cov
 OPTIONS = {
     "base_loss": Param("vanilla", choices=BASE_LOSSES),
     "apply_to": Param("both", choices=("both", "positive", "negative")),  # tokens by the sign of their advantage
-    "mean_one": Param(False, choices=(False, True)),  # w <- w / mean(w) over the micro-batch's weighted tokens
+    # w <- w / mean(w) over the micro-batch's weighted tokens, after the clamp: the update keeps vanilla's scale
+    # (docs/rl.md, "Measured": unnormalised, the default ranktuner weights up to doubled the gradient norm)
+    "mean_one": Param(True, choices=(False, True)),
     "clamp_min": Param(0.0, low=0.0),
     "clamp_max": Param(2.0, low=0.0, low_open=True),
 }
@@ -53,6 +56,9 @@ OPTIONS = {
 #: carry the exploration signal (docs/rl.md).
 RL_METHOD_DEFAULTS = {"ranktuner": {"base": "one"}}
 HIGH_ENTROPY_PARAMS = {"rho": Param(0.2, low=0.0, low_open=True, high=1.0)}
+#: shared options whose default differs by mode: the high-entropy mask keeps its definition (1 on the kept tokens,
+#: 0 elsewhere) unless asked.
+MODE_OPTION_DEFAULTS = {HIGH_ENTROPY: {"mean_one": False}}
 
 #: model_output statistics waiting for the policy loss of the same micro-batch, keyed by id(actor config).
 _HANDOFF: dict[int, dict[str, torch.Tensor]] = {}
@@ -73,7 +79,7 @@ class TokenWeightOptions:
 
     @property
     def engine_stat_names(self) -> frozenset[str]:
-        return frozenset({"entropy"}) if self.method is None else frozenset(self.method.needs) - {"log_prob"}
+        return frozenset({"entropy"}) if self.method is None else frozenset(self.method.needs)
 
     @property
     def stat_kwargs(self) -> dict:
@@ -94,7 +100,8 @@ def parse_options(loss_mode: str, token_weight: dict | None) -> TokenWeightOptio
             + ", ".join(f"{k} ({p.describe()}, default {p.default!r})" for k, p in valid.items())
         )
     where = f"policy_loss.loss_mode={loss_mode}: token_weight"
-    shared = {k: p.check(where, k, given.get(k, p.default)) for k, p in OPTIONS.items()}
+    defaults = {k: p.default for k, p in OPTIONS.items()} | MODE_OPTION_DEFAULTS.get(loss_mode, {})
+    shared = {k: p.check(where, k, given.get(k, defaults[k])) for k, p in OPTIONS.items()}
     if shared["clamp_min"] > shared["clamp_max"]:
         raise ValueError(f"{where}: clamp_min={shared['clamp_min']} exceeds clamp_max={shared['clamp_max']}")
     own = {k: given[k] for k in method_params if k in given}
@@ -127,6 +134,7 @@ class TokenWeightedPolicyLossConfig(PolicyLossConfig):
     token_weight: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        check_loss_mode(self.loss_mode)
         if self.loss_mode in loss_modes():
             options_of(self)
         elif any(v is not None for v in dict(self.token_weight or {}).values()):
@@ -173,11 +181,11 @@ def token_weights(options: TokenWeightOptions, stats: dict, log_prob, advantages
         entropy = picked["entropy"].float()
         w = (entropy >= torch.quantile(entropy, 1.0 - options.rho)).float()
     else:
-        w = options.method.weights({**picked, "log_prob": log_prob.detach()[selected]})
+        w = options.method.weights(picked)  # p_t from the engine's fp32 statistics, not verl's log_prob
     w = w.clamp(options.clamp_min, options.clamp_max)
     if options.mean_one:
         w = w / w.mean().clamp(min=torch.finfo(torch.float32).tiny)
-    weights[selected] = w.float()
+    weights[selected] = w
     return weights.detach()
 
 
@@ -193,8 +201,9 @@ def weighted_policy_loss(old_log_prob, log_prob, advantages, response_mask, loss
             f"policy_loss.loss_mode={options.mode} needs the token statistics "
             f"{sorted(options.engine_stat_names)} from the actor's forward, which the engine did not compute: the "
             "ranktuner_verl engine hook is not active in this worker (install the package on every node; "
-            "VERL_USE_EXTERNAL_PLUGINS must allow 'ranktuner_verl'), or the actor does not use verl's FSDP engine "
-            "(actor_rollout_ref.actor.strategy=fsdp|fsdp2, trainer.use_legacy_worker_impl=disable)."
+            "VERL_USE_EXTERNAL_PLUGINS must allow 'ranktuner_verl'), or the actor does not run verl's FSDP engine "
+            "(actor_rollout_ref.actor.strategy must be fsdp or fsdp2, with verl's own actor worker, "
+            "verl.workers.engine_workers, whose engine is FSDPEngineWithLMHead)."
         )
     weights = token_weights(options, stats, log_prob, advantages, response_mask)
     combined = weights if rollout_is_weights is None else weights * rollout_is_weights
@@ -229,11 +238,23 @@ def register() -> None:
         engine_hook.register_policy_loss_request(mode, _request_for)
 
 
+def check_loss_mode(loss_mode: str) -> None:
+    """A ValueError unless ``loss_mode`` is a registered policy loss (verl's own or this plugin's), listing both: verl
+    itself would only fail at the first actor update, after the rollout."""
+    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+
+    if loss_mode not in POLICY_LOSS_REGISTRY and loss_mode not in LOSS_MODES:  # ours unregistered: check_ppo_config
+        verls = sorted(set(POLICY_LOSS_REGISTRY) - set(LOSS_MODES))
+        raise ValueError(f"policy_loss.loss_mode={loss_mode!r} is not a policy loss; valid: verl's "
+                         f"{', '.join(verls)}; ranktuner_verl's {', '.join(LOSS_MODES)}")
+
+
 def check_ppo_config(config) -> None:
-    """Start-up checks of a composed PPO config (``configs/ppo.yaml``) whose actor loss mode is ours: the options,
-    and what would silently or late defeat the weights. Nothing to check for verl's own loss modes."""
+    """Start-up checks of a composed PPO config (``configs/ppo.yaml``): the loss mode exists; and where it is ours,
+    the options and what would silently or late defeat the weights."""
     actor = config.actor_rollout_ref.actor
     mode = actor.policy_loss.loss_mode
+    check_loss_mode(mode)
     if mode not in loss_modes():
         return
     parse_options(mode, actor.policy_loss.get("token_weight"))
@@ -247,10 +268,13 @@ def check_ppo_config(config) -> None:
     fused_problem = unsupported_backend(model.get("use_fused_kernels", False), model.get("fused_kernel_options"))
     if fused_problem:  # torch and liger run: the statistics come from the hidden states (fused_stats)
         problems.append(f"actor_rollout_ref.{fused_problem}")
+    # verl's deprecated v0 trainer (ray_trainer.apply_bypass_mode) swaps the loss mode for 'bypass_mode'; the v1
+    # trainer (the default) only takes old_log_probs from the rollout and keeps the loss mode
     bypass = config.get("algorithm", {}).get("rollout_correction", {}).get("bypass_mode", False)
-    if bypass:
-        problems.append("algorithm.rollout_correction.bypass_mode=True replaces policy_loss.loss_mode with "
-                        "'bypass_mode' (the weights would be dropped); set it to False")
+    if bypass and not config.get("trainer", {}).get("use_v1", True):
+        problems.append("algorithm.rollout_correction.bypass_mode=True with trainer.use_v1=False: verl's v0 trainer "
+                        "replaces policy_loss.loss_mode with 'bypass_mode' (the weights would be dropped); use the v1 "
+                        "trainer (trainer.use_v1=True, the default), which keeps the loss mode, or bypass_mode=False")
     if problems:
         raise ValueError(f"policy_loss.loss_mode={mode}: " + "; ".join(problems))
     from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY

@@ -5,7 +5,9 @@
 with m_t the loss mask rolled left by one (aligned with the log-probs), N_global the supervised tokens of the whole
 batch over all data-parallel ranks: exactly the normalisation of verl 0.9.1 ``verl.workers.utils.losses.sft_loss``
 (verl PR #3994), so summing the micro-batch losses and averaging over ranks gives the global token mean.
-w_t = ``method.weights(stats, mask)`` (docs/methods.md); ``loss=sft`` has w_t = 1 and equals verl's loss exactly.
+w_t = ``method.weights(stats, mask)`` (docs/methods.md), from the engine hook's fp32 statistics of the same logits,
+p_t included (verl's ``log_probs`` are bf16 where its log-softmax runs in bf16), and fp32 until it multiplies verl's
+log p_t, which is the one differentiated. ``loss=sft`` has w_t = 1 and equals verl's loss exactly.
 """
 
 from __future__ import annotations
@@ -25,15 +27,17 @@ SUPERVISED_TOKENS = "train/supervised_tokens"  # the step's token count, logged 
 class WeightedSFTLoss:
     """``loss_fn(model_output, data, dp_group) -> (loss, metrics)`` for verl's ``TrainingWorker.set_loss_fn``.
 
-    Carries the method, so the engine hook (``engine_hook``) knows which statistics to compute: ``needs`` minus
-    ``log_prob``, which verl computes itself, with grad. Picklable, so Ray ships it to the workers.
+    Carries the method, so the engine hook (``engine_hook``) knows which statistics to compute: all the method
+    needs, log_prob too (fp32, for the weights; verl's own, with grad, is the loss's), none for ``sft`` (w_t = 1).
+    Picklable, so Ray ships it to the workers.
     """
 
     def __init__(self, name: str, chunk_rows: int | None = None, **params):
-        from ranktuner_verl.methods import get_method
+        from ranktuner_verl.methods import METHODS, get_method
 
         self.method = get_method(name, **params)
-        self.engine_stat_names = frozenset(self.method.needs) - {"log_prob"}
+        # a method without a signal (sft: w_t = 1) reads no statistic
+        self.engine_stat_names = frozenset(self.method.needs) if METHODS[name].family != "no signal" else frozenset()
         # under every fused-kernel backend; the others run under those whose LM head call the statistics share
         # (integration/fused_stats.py: impl_backend torch or liger)
         self.runs_fused = not self.engine_stat_names
@@ -54,7 +58,7 @@ class WeightedSFTLoss:
             raise ValueError(f"loss={self.method.name} supports data.pad_mode=no_padding only, got {pad_mode}")
         log_prob = model_output["log_probs"].values()
         mask = torch.roll(data["loss_mask"].values(), shifts=-1, dims=0)  # align with log-probs, as sft_loss does
-        stats = {"log_prob": log_prob.detach()}
+        stats = {"log_prob": log_prob.detach()}  # replaced below by the engine's fp32 log_prob but for sft
         for name in self.engine_stat_names:
             if stat_key(name) not in model_output:
                 raise RuntimeError(
@@ -64,15 +68,16 @@ class WeightedSFTLoss:
                 )
             stats[name] = model_output[stat_key(name)].values()
         supervised = mask.bool()
-        weights = self.method.weights(stats, mask=supervised).detach().to(log_prob.dtype)
+        weights = self.method.weights(stats, mask=supervised).detach()  # fp32
 
-        # same operations in the same order as sft_loss, so loss=sft matches it bit for bit
-        loss = -masked_sum(weights * log_prob, mask) / data["batch_num_tokens"] * data["dp_size"]
-        metrics = self._metrics(weights, supervised, stats)
+        # same operations in the same order as sft_loss, so loss=sft matches it bit for bit; w_t * log p_t is fp32
+        weighted = log_prob if not self.engine_stat_names else weights * log_prob
+        loss = -masked_sum(weighted, mask) / data["batch_num_tokens"] * data["dp_size"]
+        metrics = self._metrics(weights, supervised, stats, log_prob.detach())
         return loss, metrics
 
-    def _metrics(self, weights, mask, stats) -> dict:
-        log_prob, selected = stats["log_prob"], weights[mask].float()
+    def _metrics(self, weights, mask, stats, log_prob) -> dict:
+        selected = weights[mask].float()
         metrics = {
             NLL_SUM: -log_prob[mask].double().sum().item(),
             WEIGHTED_SUM: -(weights * log_prob)[mask].double().sum().item(),

@@ -24,14 +24,15 @@ CASES = {
     "vanilla": {},
     "vanilla_without_hook": {"hook": False},
     "ones": {"loss_mode": "ranktuner", "token_weight": {"clamp_min": 1.0, "clamp_max": 1.0}},
-    "halves": {"loss_mode": "ranktuner", "token_weight": {"clamp_min": 0.5, "clamp_max": 0.5}},
+    "halves": {"loss_mode": "ranktuner", "token_weight": {"clamp_min": 0.5, "clamp_max": 0.5, "mean_one": False}},
     "ranktuner_t1": {"loss_mode": "ranktuner"},
     "ranktuner_t07": T07,
     "ranktuner_t07_padded": {**T07, "use_remove_padding": False},
     "ranktuner_without_hook": {"loss_mode": "ranktuner", "hook": False},
     "bf16_exact": {"loss_mode": "ranktuner", "token_weight": {"form": "exact"}, "param_dtype": "bf16",
                    "record_logits": True},
-    "bf16_deft": {"loss_mode": "deft", "param_dtype": "bf16", "record_logits": True},
+    "bf16_deft": {"loss_mode": "deft", "token_weight": {"mean_one": False}, "param_dtype": "bf16",
+                  "record_logits": True},
     "high_entropy": {"loss_mode": "high_entropy", "token_weight": {"rho": 0.25}},
 }
 
@@ -136,8 +137,12 @@ def test_statistics_in_the_loss_equal_a_plain_hugging_face_forward(results, tiny
     for name in ("entropy", "p_max"):
         torch.testing.assert_close(_stat(result, name)[mask].double(), ref[name][mask], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(_cat(result, "log_prob")[mask].double(), ref["log_prob"][mask], rtol=1e-5, atol=1e-5)
-    s_ref = relative_scale({k: v[mask] for k, v in ref.items()}).clamp(max=2.0)  # RL defaults: base one, clamp 2
-    torch.testing.assert_close(_cat(result, "weights")[mask].double(), s_ref, rtol=2e-5, atol=0)
+    s_ref = torch.zeros(mask.shape, dtype=torch.float64)
+    s_ref[mask] = relative_scale({k: v[mask] for k, v in ref.items()}).clamp(max=2.0)  # RL defaults: base one, clamp 2
+    for start in range(0, len(mask), DEFAULTS["micro_batch"]):  # and mean_one: mean 1 over each micro-batch's tokens
+        rows, kept = s_ref[start : start + DEFAULTS["micro_batch"]], mask[start : start + DEFAULTS["micro_batch"]]
+        rows[kept] = rows[kept] / rows[kept].mean()
+    torch.testing.assert_close(_cat(result, "weights")[mask].double(), s_ref[mask], rtol=2e-5, atol=0)
 
 
 def _assert_same_update(a, b, tol=1e-6):
@@ -198,6 +203,27 @@ def test_statistics_under_bf16_autocast_match_fp64_of_the_engines_logits(results
             for name in names:
                 got = weights["stats"][name][j - k * per_micro, :n].double()
                 torch.testing.assert_close(got, ref[name][rows], rtol=2e-6, atol=0, msg=f"{case} {name}")
+            offset += int(lengths[j])
+
+
+def test_weights_under_bf16_come_from_fp32_statistics_not_verls_bf16_log_probs(results):
+    """With bf16 logits and no flash-attn cross-entropy (this CPU) verl's log-probs are bf16; DEFT's weight
+    p_t^(sum pi^2) must still equal its fp64 value from the engine's own logits, and reach the loss as fp32."""
+    result = _ok(results["bf16_deft"])
+    logit_records, weight_records = [r for r in result["records"] if "logits" in r], _weight_records(result)
+    lengths = result["attention_mask"].sum(-1)
+    prompt_lens = result["attention_mask"][:, : DEFAULTS["prompt_len"]].sum(-1)
+    per_micro = DEFAULTS["micro_batch"]
+    for k, (logs, record) in enumerate(zip(logit_records, weight_records)):
+        assert record["log_prob"].dtype == torch.bfloat16 and record["weights"].dtype == torch.float32
+        log_pi = torch.log_softmax(logs["logits"].squeeze(0).double(), -1)
+        labels = logs["output_args"]["input_ids_rmpad_rolled"].reshape(-1)
+        want = (log_pi.exp().square().sum(-1) * log_pi.gather(1, labels[:, None]).squeeze(1)).exp()
+        offset = 0
+        for j in range(k * per_micro, (k + 1) * per_micro):
+            rows = slice(offset + int(prompt_lens[j]) - 1, offset + int(lengths[j]) - 1)
+            got = record["weights"][j - k * per_micro, : rows.stop - rows.start].double()
+            torch.testing.assert_close(got, want[rows], rtol=1e-5, atol=1e-6)
             offset += int(lengths[j])
 
 

@@ -3,9 +3,11 @@ settings that would defeat the weights fail at start-up, naming the valid values
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, InstantiationException
 from omegaconf import open_dict
@@ -46,6 +48,8 @@ def test_ranktuner_options_compose_and_build_the_actor_config():
     options = options_of(policy_loss)
     assert options.method.params["form"] == "exact" and options.method.params["base"] == "one"  # RL default
     assert options.apply_to == "positive" and options.base_loss == "vanilla" and options.clamp_max == 2.0
+    assert options.mean_one  # the RL default: the update keeps vanilla's scale (docs/rl.md)
+    assert not options_of(_actor_config(_compose(f"{MODE}=high_entropy")).policy_loss).mean_one  # a plain 0/1 mask
     from verl.trainer.ppo.core_algos import get_policy_loss_fn
 
     assert get_policy_loss_fn("ranktuner") is weighted_policy_loss  # registered when verl imported core_algos
@@ -67,13 +71,59 @@ def test_the_yaml_lists_exactly_the_options_of_every_mode():
     ((f"{OPTION}base_loss=geo_mean",), "base_loss='geo_mean' is not valid; use one of 'vanilla'"),
     (("actor_rollout_ref.model.use_fused_kernels=True", "actor_rollout_ref.model.fused_kernel_options.impl_backend=triton"),
      "impl_backend='triton' computes the log-probs in a kernel that the token statistics cannot share"),
-    (("algorithm.rollout_correction.bypass_mode=True",), "bypass_mode=True replaces policy_loss.loss_mode"),
+    (("algorithm.rollout_correction.bypass_mode=True", "trainer.use_v1=False"),
+     "bypass_mode=True with trainer.use_v1=False: verl's v0 trainer replaces policy_loss.loss_mode"),
 ])
 def test_a_bad_setting_fails_at_start_up_naming_the_fix(overrides, message):
     config = _compose(f"{MODE}=ranktuner", *overrides)
     with pytest.raises(ValueError) as error:
         check_ppo_config(config)
     assert message in str(error.value)
+
+
+def test_bypass_mode_under_the_default_v1_trainer_keeps_the_loss_mode():
+    """verl 0.9.1's v1 trainer (trainer.use_v1=True, the default) takes old_log_probs from the rollout in bypass mode
+    and never touches the loss mode; only the v0 trainer's ``apply_bypass_mode`` swaps it for 'bypass_mode'."""
+    import verl
+
+    def source(module):  # read, not imported: the v1 trainer imports the rollout servers' dependencies
+        return (Path(verl.__file__).parent / module).with_suffix(".py").read_text()
+
+    config = _compose(f"{MODE}=ranktuner", "algorithm.rollout_correction.bypass_mode=True")
+    assert config.trainer.use_v1
+    check_ppo_config(config)
+    policy_loss = _actor_config(config).policy_loss
+    assert isinstance(policy_loss, TokenWeightedPolicyLossConfig) and policy_loss.loss_mode == "ranktuner"
+    v0, v1 = source("trainer/ppo/ray_trainer"), source("trainer/ppo/v1/trainer_base")
+    assert "apply_bypass_mode" in v0 and "apply_bypass_mode" not in v1 and "loss_mode" not in v1
+
+
+def test_a_mistyped_loss_mode_is_refused_at_start_up_listing_the_valid_ones():
+    for config in (_compose(f"{MODE}=ranktunr"), _compose(f"{MODE}=vanila")):
+        with pytest.raises(ValueError) as error:
+            check_ppo_config(config)
+        message = str(error.value)
+        assert "is not a policy loss; valid: verl's" in message
+        assert all(mode in message for mode in (*weighted_modes(), "vanilla", "gspo", "bypass_mode"))
+    with pytest.raises(InstantiationException, match="'ranktunr' is not a policy loss"):
+        _actor_config(_compose(f"{MODE}=ranktunr"))  # and where the worker builds its config
+
+
+def test_the_missing_statistics_error_names_only_settings_verl_has():
+    """The error once names ``trainer.use_legacy_worker_impl``, which verl 0.9.1 does not have."""
+    from hydra import initialize_config_module
+
+    from ranktuner_verl.integration.policy_loss import weighted_policy_loss
+
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        stock = compose(config_name="ppo_trainer")
+    config = _actor_config(_compose(f"{MODE}=dft"))
+    with pytest.raises(RuntimeError) as error:
+        weighted_policy_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2), config=config)
+    named = re.findall(r"\b((?:trainer|actor_rollout_ref)\.[\w.]+)=", str(error.value))
+    assert named == ["actor_rollout_ref.actor.strategy"] or not named
+    assert "actor_rollout_ref.actor.strategy" in str(error.value)
+    assert "use_legacy_worker_impl" not in str(error.value) and "use_legacy_worker_impl" not in str(stock.trainer)
 
 
 def test_fused_kernels_with_the_torch_backend_pass_the_checks():

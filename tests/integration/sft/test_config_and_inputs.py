@@ -31,16 +31,17 @@ def test_each_loss_config_builds_its_method_with_verl_config_around_it(name):
     loss = trainer.build_loss(cfg)
     assert isinstance(loss, WeightedSFTLoss) and loss.method.name == name
     assert cfg.data.messages_key == "messages" and cfg.trainer.experiment_name == name  # verl's sft_trainer_engine
-    assert "log_prob" not in loss.engine_stat_names
+    # the weights' p_t comes from the engine's fp32 statistics (verl's log-probs may be bf16); sft needs nothing
+    assert ("log_prob" in loss.engine_stat_names) == (name != "sft")
 
 
 def test_loss_parameters_reach_the_method():
     loss = trainer.build_loss(config("loss=ranktuner", "loss.form=exact", "loss.base=one"))
     assert dict(loss.method.params) == {"form": "exact", "base": "one", "proxy": "piecewise"}
-    assert loss.engine_stat_names == {"rank", "expected_rank"}
-    assert trainer.build_loss(config("loss=ranktuner")).engine_stat_names == {"rank", "entropy", "p_max"}
+    assert loss.engine_stat_names == {"log_prob", "rank", "expected_rank"}
+    assert trainer.build_loss(config("loss=ranktuner")).engine_stat_names == {"log_prob", "rank", "entropy", "p_max"}
     loss = trainer.build_loss(config("loss=ranktuner", "loss.proxy=massey"))
-    assert loss.method.params["proxy"] == "massey" and loss.engine_stat_names == {"rank", "entropy"}
+    assert loss.method.params["proxy"] == "massey" and loss.engine_stat_names == {"log_prob", "rank", "entropy"}
 
 
 def test_unknown_loss_is_refused_with_the_valid_names():

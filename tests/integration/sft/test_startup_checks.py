@@ -146,10 +146,12 @@ def test_train_sh_checks_once_before_the_ranks_and_prints_the_problem_last(tiny,
 
 # --- issue 8 §5: fused kernels, Qwen3-style templates -----------------------------------------------------------------
 
-@pytest.mark.parametrize("loss, refused", [("ranktuner", True), ("eaft", True), ("deft", True), ("dft", False)])
+@pytest.mark.parametrize("loss, refused", [("ranktuner", True), ("eaft", True), ("deft", True), ("dft", True),
+                                           ("sft", False)])
 def test_fused_kernels_run_every_loss_but_a_backend_the_statistics_cannot_share_stops_first(tiny, loss, refused):
     """Fused kernels (torch backend, verl's default; liger) run every loss (integration/fused_stats.py); the triton
-    backend computes the log-probs in a kernel the statistics cannot share: refused before the model loads."""
+    backend computes the log-probs in a kernel the statistics cannot share: refused before the model loads for every
+    loss with weights (even dft's p_t comes from the statistics), not for sft."""
     trainer.prepare(config(*base(tiny, f"loss={loss}", "model.use_fused_kernels=True")))
     trainer.prepare(config(*base(tiny, f"loss={loss}", "model.use_fused_kernels=True",
                                  "model.fused_kernel_options.impl_backend=liger")))
