@@ -33,9 +33,16 @@ def test_the_sft_loss_in_verls_calling_convention(seventh):
     from ranktuner_verl.weighted_nll import weighted_nll
     from tests.test_weighted_nll_oracles import _verl_samples, verl_sft_inputs
 
+    from ranktuner_verl.integration.engine_hook import stat_key
+    from ranktuner_verl.stats import token_stats
+
     gen = torch.Generator().manual_seed(0)
     logits, model_output, data, labels = verl_sft_inputs(_verl_samples(gen), gen)
-    loss, metrics = WeightedSFTLoss(NAME, power=0.25)(model_output, data)
+    loss_fn = WeightedSFTLoss(NAME, power=0.25)
+    offsets = model_output["log_probs"].offsets()  # the engine hook's statistics, its p_t included
+    model_output.update({stat_key(k): torch.nested.nested_tensor_from_jagged(v, offsets)
+                         for k, v in token_stats(logits.detach(), labels, loss_fn.engine_stat_names).items()})
+    loss, metrics = loss_fn(model_output, data)
     mask = torch.roll(data["loss_mask"].values(), shifts=-1, dims=0).bool()
     log_p = model_output["log_probs"].values()
     want = -(_p_power(log_p, 0.25) * log_p)[mask].sum() / mask.sum()
@@ -51,10 +58,10 @@ def test_the_rl_policy_loss(seventh):
     from ranktuner_verl.integration.rl import policy_loss
 
     assert NAME in policy_loss.weighted_modes() and "sft" not in policy_loss.weighted_modes()
-    options = policy_loss.parse_options(NAME, {"power": 0.25, "clamp_max": 10.0})
+    options = policy_loss.parse_options(NAME, {"power": 0.25, "clamp_max": 10.0, "mean_one": False})
     log_prob = torch.log(torch.tensor([[0.9, 0.04, 0.5], [0.2, 0.3, 0.01]]))
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    weights = policy_loss.token_weights(options, {}, log_prob, torch.ones_like(log_prob), mask)
+    weights = policy_loss.token_weights(options, {"log_prob": log_prob}, log_prob, torch.ones_like(log_prob), mask)
     want = torch.where(mask.bool(), _p_power(log_prob, 0.25), torch.ones_like(log_prob))
     torch.testing.assert_close(weights, want)
     try:

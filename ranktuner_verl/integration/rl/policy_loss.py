@@ -243,10 +243,11 @@ def check_loss_mode(loss_mode: str) -> None:
     itself would only fail at the first actor update, after the rollout."""
     from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
 
-    if loss_mode not in POLICY_LOSS_REGISTRY and loss_mode not in LOSS_MODES:  # ours unregistered: check_ppo_config
-        verls = sorted(set(POLICY_LOSS_REGISTRY) - set(LOSS_MODES))
+    ours = loss_modes()
+    if loss_mode not in POLICY_LOSS_REGISTRY and loss_mode not in ours:  # ours unregistered: check_ppo_config
+        verls = sorted(set(POLICY_LOSS_REGISTRY) - set(ours))
         raise ValueError(f"policy_loss.loss_mode={loss_mode!r} is not a policy loss; valid: verl's "
-                         f"{', '.join(verls)}; ranktuner_verl's {', '.join(LOSS_MODES)}")
+                         f"{', '.join(verls)}; ranktuner_verl's {', '.join(ours)}")
 
 
 def check_ppo_config(config) -> None:

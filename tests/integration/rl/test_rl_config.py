@@ -113,8 +113,6 @@ def test_the_missing_statistics_error_names_only_settings_verl_has():
     """The error once names ``trainer.use_legacy_worker_impl``, which verl 0.9.1 does not have."""
     from hydra import initialize_config_module
 
-    from ranktuner_verl.integration.policy_loss import weighted_policy_loss
-
     with initialize_config_module(config_module="verl.trainer.config", version_base=None):
         stock = compose(config_name="ppo_trainer")
     config = _actor_config(_compose(f"{MODE}=dft"))
