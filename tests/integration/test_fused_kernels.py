@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_trainer_on_cpu import assert_close, reference_ranktuner
+from tests.integration.sft.test_trainer_on_cpu import assert_close, reference_ranktuner
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,7 @@ def test_rl_policy_loss_with_fused_kernels_equals_unfused(tiny, tmp_path):
     """The RL policy loss (``loss_mode=ranktuner``, T = 0.7) through verl's real actor worker: one SGD update with
     fused kernels (remove-padding on and off) moves the parameters as the unfused update does (so equal gradients),
     with the same metrics. Fused and unfused need their own processes (verl patches the model class)."""
-    from test_rl_actor import _run
+    from tests.integration.rl.test_rl_actor import _run
 
     case = {"loss_mode": "ranktuner", "temperature": 0.7}
     unfused = _run(tiny, tmp_path, {"off": case})["off"]
