@@ -10,6 +10,7 @@ the per-step losses, the token-weight statistics and where the checkpoints went.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -22,7 +23,14 @@ COLUMNS = [("step", "step"), ("train/loss", "loss"), ("train/nll", "nll"), ("tra
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--rl" in argv:  # GRPO instead of SFT: its own options (--rl --help)
+        from ranktuner_verl.integration.rl.toy_grpo import main as rl_main
+
+        return rl_main([arg for arg in argv if arg != "--rl"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rl", action="store_true",
+                        help="run the RL quickstart instead: GRPO on a toy task with the CPU rollout (--rl --help)")
     parser.add_argument("--out", "--out-dir", dest="out", type=Path, default=Path("quickstart"),
                         help="model, data, logs, checkpoints; relative to the current directory (default ./quickstart)")
     parser.add_argument("--methods", "--losses", dest="methods", default="sft,ranktuner",

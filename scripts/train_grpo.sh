@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Token-weighted GRPO/PPO: verl's PPO trainer (Ray; vLLM or sglang rollout on GPUs) with a ranktuner_verl policy loss.
+# Token-weighted GRPO/PPO: verl's PPO trainer (Ray; vLLM or sglang rollout on GPUs, the plugin's hf rollout on a CPU)
+# with a ranktuner_verl policy loss.
 # Usage: bash scripts/train_grpo.sh actor_rollout_ref.actor.policy_loss.loss_mode=ranktuner \
 #            actor_rollout_ref.model.path=Qwen/Qwen2.5-Math-1.5B data.train_files=DIR/train.parquet [overrides]
 # All Hydra overrides of verl's main_ppo pass through; the token-weight options: configs/ppo.yaml, docs/rl.md.

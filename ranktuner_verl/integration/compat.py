@@ -1,4 +1,5 @@
-"""Fixes for verl 0.9.1 against the libraries around it, applied by the plugin (each one says why)."""
+"""Fixes for verl 0.9.1 against the libraries around it, applied by the plugin (each one says why), and the one place
+that writes a private verl structure (``register_worker_rollout``)."""
 
 from ranktuner_verl.integration.on_import import when_imported
 
@@ -23,3 +24,18 @@ def _tolerate_trl_without_value_head(monkey_patch) -> None:
         return True
 
     monkey_patch.is_trl_available = value_head_available
+
+
+def register_worker_rollout(rollout_base, name: str, class_path: str) -> None:
+    """Register a rollout class for verl's trainer workers. verl 0.9.1 has a public registry for the driver side
+    (``RolloutReplicaRegistry``) but the worker side is a private dict,
+    ``verl.workers.rollout.base._ROLLOUT_REGISTRY = {(name, "async"): "module.Class"}``, read by
+    ``get_rollout_class``; this is the one place that writes it. Raises if verl changed that dict."""
+    registry = getattr(rollout_base, "_ROLLOUT_REGISTRY", None)
+    if not isinstance(registry, dict) or ("vllm", "async") not in registry or not callable(
+            getattr(rollout_base, "get_rollout_class", None)):
+        raise RuntimeError(
+            "verl.workers.rollout.base no longer has the worker rollout registry of verl 0.9.1 "
+            "(_ROLLOUT_REGISTRY[(name, 'async')] = 'module.Class' and get_rollout_class): update "
+            "ranktuner_verl.integration.compat.register_worker_rollout for this verl version.")
+    registry[(name, "async")] = class_path
