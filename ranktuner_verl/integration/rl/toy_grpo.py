@@ -163,13 +163,13 @@ def main(argv=None) -> None:
         prog="quickstart.sh --rl",
         description="GRPO through verl's real PPO trainer on a CPU (the plugin's hf rollout): a tiny random Qwen2 "
                     "learns copy3 (prompt '407=', answer '407', reward = share of the digits copied), once per loss "
-                    "mode. Prints a per-step table and writes a reward-curve PNG. Each run spends about 2 minutes "
-                    "starting verl (Ray, TransferQueue, workers), then a few seconds per step on 2 cores.")
+                    "mode. Prints a per-step table and writes a reward-curve PNG. Each run spends 2-3 minutes "
+                    "starting verl (Ray, TransferQueue, workers), then 5-15 s per step on 2 cores.")
     parser.add_argument("--out", "--out-dir", dest="out", type=Path, default=Path("quickstart_rl"),
                         help="model, data, logs; relative to the current directory (default ./quickstart_rl)")
     parser.add_argument("--modes", default="vanilla,ranktuner",
                         help=f"comma-separated policy_loss.loss_mode values: vanilla or {', '.join(loss_modes())}")
-    parser.add_argument("--steps", type=int, default=20, help="GRPO steps per mode (default 20)")
+    parser.add_argument("--steps", type=int, default=10, help="GRPO steps per mode (default 10)")
     parser.add_argument("--lr", type=float, default=5e-3, help="actor learning rate (default 5e-3)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
