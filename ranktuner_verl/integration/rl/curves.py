@@ -59,7 +59,7 @@ def run_one(out: Path, variant: str, seed: int, steps: int, lr: float, prompts: 
     recorded = json.loads(done.read_text())
     run = toy_grpo.GrpoRun(0, toy_grpo.records(run_dir / "metrics.jsonl")[:steps], 0.0, run_dir / "output.log")
     return {"variant": variant, "seed": seed, "reward": run.values(REWARD), "step_time": run.values(STEP_TIME),
-            "update_time": run.values(UPDATE_TIME), "weight_mean": run.values("actor/token_weight_mean"),
+            "update_time": run.values(UPDATE_TIME), "weight_mean": run.values("actor/weight_mean"),
             "probs_diff_max": max(run.values("training/rollout_probs_diff_max"), default=None),
             "wall_s": recorded.get("wall_s"), "note": recorded.get("note")}
 

@@ -16,7 +16,7 @@ from ranktuner_verl.data import copy3
 TRAINER = "ranktuner_verl.integration.rl.trainer"
 MODE = "actor_rollout_ref.actor.policy_loss.loss_mode"
 # per-step metrics worth a column: verl's names -> column titles
-COLUMNS = [("critic/score/mean", "reward"), ("actor/token_weight_mean", "w mean"), ("actor/pg_clipfrac", "clipfrac"),
+COLUMNS = [("critic/score/mean", "reward"), ("actor/weight_mean", "w mean"), ("actor/pg_clipfrac", "clipfrac"),
            ("training/rollout_probs_diff_max", "|p_roll-p_act|"), ("timing_s/step", "step s")]
 
 
