@@ -97,4 +97,12 @@ def test_no_stated_answer_is_none(text):
 def test_the_problems_letters_only():
     assert extract_choice("The answer is E.", 5) == "E" and extract_choice("The answer is E.", 4) is None
     assert extract_choice("The answer is E. Earlier I wrote the answer is B.", 4) == "B"
-    assert grade_choice("answer: c", "C", 4).correct and not grade_choice("answer: c", "B", 4).correct
+
+
+def test_the_grader_says_right_wrong_or_none_and_what_it_read():
+    assert grade_choice("answer: c", "C", 4).correct
+    wrong = grade_choice("so the answer is (C)", "B", 4)
+    assert not wrong.correct and wrong.extracted == "C"
+    none = grade_choice("no idea", "B", 4)
+    assert not none.correct and none.extracted is None
+    assert grade_choice("the answer is E", "E", 5).correct and not grade_choice("the answer is E", "E", 4).correct

@@ -1,4 +1,5 @@
-"""Model-written code is contained (issue 17 §3): hostile HumanEval completions graded by the real path.
+"""Model-written code is contained (issue 17 §3): wrong, crashing and hostile HumanEval completions graded by the
+real path.
 
 Each attack is a real completion run by ``grade_code_many`` in the real sandbox (bubblewrap, and the unshare
 fallback); each must fail its own sample only, leave the evaluator, its environment and the filesystem untouched,
@@ -79,6 +80,11 @@ def attacks(problem, victim: str, secret: str, port: int) -> dict[str, tuple[str
         "correct, with threads": (fenced("from concurrent.futures import ThreadPoolExecutor\n" + right +
                                          "\nassert list(ThreadPoolExecutor(4).map(abs, [-1, -2])) == [1, 2]"),
                                   "passed"),
+        "wrong": (fenced(WRONG), "failed: AssertionError"),
+        "segfault": (fenced("import ctypes\ndef has_close_elements(numbers, threshold):\n"
+                            "    return ctypes.string_at(0)"), "failed: killed by signal 11"),
+        "8 GiB": (fenced("def has_close_elements(numbers, threshold):\n    block = bytearray(8 * 2**30)\n"
+                         "    return True"), "failed: MemoryError"),
         "sys.exit(0)": (fenced(WRONG + "import sys\nsys.exit(0)"), EXITED),
         "os._exit(0)": (fenced(WRONG + "import os\nos._exit(0)"), EXITED),
         "atexit exit": (fenced(WRONG + "import atexit, os\natexit.register(os._exit, 0)"), EXITED),
@@ -165,7 +171,7 @@ def test_every_attack_fails_its_own_sample_only(isolation, problem, victim_dir, 
     assert server.accepted == 0, "a program reached the loopback server"
     assert _peak_rss_mb() - before < 100, "400 MB of output must not grow the evaluator"
     assert not _grandchildren_alive()
-    # 18 programs on 2 workers, two of them held to the time limit: far less than one limit per program
+    # 21 programs on 2 workers, two of them held to the time limit: far less than one limit per program
     assert elapsed < 6 * TIMEOUT + 10, elapsed
 
 

@@ -184,14 +184,19 @@ def refuse_bad_loss_overrides() -> None:
         sys.exit(f"error: {error}")
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name=CONFIG_NAME, version_base=None)
-def _hydra_main(config: DictConfig) -> None:
-    run(config)
+def hydra_entry_point(run_config):
+    """The ``main`` of a trainer module: refuse bad ``loss.KEY`` overrides, then let Hydra compose ``configs/sft.yaml``
+    with the command line and hand the config to ``run_config``."""
+    hydra_main = hydra.main(config_path=CONFIG_DIR, config_name=CONFIG_NAME, version_base=None)(run_config)
+
+    def main() -> None:
+        refuse_bad_loss_overrides()
+        hydra_main()
+
+    return main
 
 
-def main() -> None:
-    refuse_bad_loss_overrides()
-    _hydra_main()
+main = hydra_entry_point(run)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,13 @@ starts a local one.
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
 from ranktuner_verl.integration import run_log
 from ranktuner_verl.integration.sft.checkpoint_guard import GuardedCheckpoints, finished_before_loading
 from ranktuner_verl.integration.sft.cluster import refuse_relative_paths
 from ranktuner_verl.integration.sft.trainer import (
-    CONFIG_DIR, CONFIG_NAME, StepMetricsClient, apply_cpu_defaults, fit_unless_finished, prepare,
-    refuse_bad_loss_overrides, use_weighted_loss,
+    StepMetricsClient, apply_cpu_defaults, fit_unless_finished, hydra_entry_point, prepare, use_weighted_loss,
 )
 
 from verl.trainer import sft_trainer_ray as verl_sft_trainer_ray  # noqa: E402  (after the plugin)
@@ -78,14 +76,7 @@ def run(config: DictConfig) -> None:
     RankTunerRaySFTTrainer(config=config).fit()
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name=CONFIG_NAME, version_base=None)
-def _hydra_main(config: DictConfig) -> None:
-    run(config)
-
-
-def main() -> None:
-    refuse_bad_loss_overrides()
-    _hydra_main()
+main = hydra_entry_point(run)
 
 
 if __name__ == "__main__":
