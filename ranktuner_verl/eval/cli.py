@@ -42,18 +42,23 @@ UNSAFE_HELP = ("code benchmarks: where neither bubblewrap nor unshare can isolat
 
 
 def grade_benchmark(bench_dir: str | Path, timeout: float | None = DEFAULT_TIMEOUT_S, workers: int | None = None,
-                    grader: str = "math-verify", allow_unisolated_code: bool = False) -> dict:
+                    grader: str = "math-verify", allow_unisolated_code: bool = False, n: int | None = None) -> dict:
     """Grade a benchmark folder's completions; write ``grades.jsonl`` and ``metrics.json``; return the metrics.
 
     The benchmark is the folder's name; its kind picks the grader (math: ``grader``, math-verify or qwen; choice:
     the chosen letter; code: the tests run in an isolated process, ``timeout`` each, see ``sandbox``). ``workers``:
     grading processes (None: 1 for math, one per CPU core for code). Every problem must have its
     ``n`` completions (see ``generation.json``). ``length_limited`` is the share of samples that hit the token limit.
+    ``n`` below the folder's (a run resumed with a smaller ``--n``) scores each problem's first ``n`` samples, and
+    says so.
     """
     bench_dir = Path(bench_dir)
     problems = read_problems(bench_dir)
     settings = json.loads((bench_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
-    n = settings["n"]
+    if n is not None and n < settings["n"]:
+        print(f"{bench_dir}: the folder holds {settings['n']} samples per problem; scoring the first {n} as --n {n} "
+              f"asks (give --n {settings['n']} to score them all)", flush=True)
+    n = settings["n"] if n is None else min(n, settings["n"])
     records = read_completions(bench_dir / COMPLETIONS_FILE)
     keys = [(p.id, s) for p in problems for s in range(n)]
     missing = [key for key in keys if key not in records]
@@ -123,7 +128,7 @@ def evaluate(model: str | Path, out_dir: str | Path, benchmarks: Sequence[str] =
         prompt = system_prompt if system_prompt is not None else get(name).system_prompt
         generate_completions(generator, problems[name], Path(out_dir) / name, sampling, prompt, progress)
         results[name] = grade_benchmark(Path(out_dir) / name, timeout=grade_timeout, workers=grade_workers,
-                                        grader=grader, allow_unisolated_code=allow_unisolated_code)
+                                        grader=grader, allow_unisolated_code=allow_unisolated_code, n=sampling.n)
         print(_summary_line(results[name]), flush=True)
     return results
 

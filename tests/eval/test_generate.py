@@ -191,3 +191,18 @@ def test_grading_an_unfinished_folder_is_refused(backend, problems, tmp_path):
     with pytest.raises(ValueError, match="2 of 4 completions are missing"):
         grade_benchmark(out)
     assert not (out / "metrics.json").exists() and not (out / "grades.jsonl").exists()
+
+
+def test_a_smaller_n_on_a_folder_with_more_samples_scores_the_first_n_and_says_so(tiny_model_dir, eval_data_dir,
+                                                                                   tmp_path, capsys):
+    out = tmp_path / "results"
+    run = ["run", "--model", str(tiny_model_dir), "--out", str(out), "--backend", "hf", "--benchmarks", "aime24",
+           "--data-dir", str(eval_data_dir), "--limit", "1", "--max-new-tokens", "8"]
+    main([*run, "--n", "3"])
+    capsys.readouterr()
+    main([*run, "--n", "2"])
+    printed = capsys.readouterr().out
+    assert "holds 3 samples per problem; scoring the first 2 as --n 2 asks" in printed
+    assert "aime24: 1 problems x 2 samples" in printed
+    assert json.loads((out / "aime24" / "metrics.json").read_text())["samples_per_problem"] == 2
+    assert [json.loads(line)["sample"] for line in (out / "aime24" / "grades.jsonl").read_text().splitlines()] == [0, 1]
