@@ -17,7 +17,8 @@ Every merge writes to ``<target>.partial`` and renames it when complete, so a ki
 target made from another source (recorded in ``ranktuner_source.json``) is refused, not reused.
 
 Command line (prints the resolved directory on the last line): ``python -m ranktuner_verl.checkpoints
-PATH [--work-dir DIR]``.
+PATH [--work-dir DIR]``; ``--finished ROOT`` exits 0 when the run that trains into ROOT saved its planned last step
+(``ranktuner_finished.json``), 1 otherwise (``scripts/reproduce_table.sh``: a stage is done only then).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import sys
 from pathlib import Path
 
 LATEST_FILE = "latest_checkpointed_iteration.txt"
+LOSS_RECORD = "ranktuner_loss.json"  # written into every global_step_N by our trainers: the loss it was trained with
+FINISHED_FILE = "ranktuner_finished.json"  # written into the root by our trainers when a run saved its planned last step
 FSDP_CONFIG = "fsdp_config.json"
 LORA_ADAPTER = "lora_adapter"
 SOURCE_FILE = "ranktuner_source.json"  # written into every merged folder: what it was made from
@@ -43,7 +46,11 @@ def resolve_model_dir(path: str | Path, work_dir: str | Path | None = None) -> P
         raise FileNotFoundError(f"model path {path} does not exist; give a Hugging Face model dir, a verl checkpoint "
                                 f"global_step_N or a checkpoint root (the folder with {LATEST_FILE})")
     if (path / LATEST_FILE).is_file():
-        path = latest_step(path)
+        root, path = path, latest_step(path)
+        if (path / LOSS_RECORD).is_file() and not (root / FINISHED_FILE).is_file():
+            print(f"WARNING: {root} holds no {FINISHED_FILE}: its run has not finished (interrupted, or still "
+                  f"training), so {path.name} is a half-trained model. Run the same training command again to finish "
+                  "it first.", file=sys.stderr, flush=True)
     if (path / FSDP_CONFIG).is_file():
         path = _merge_fsdp(path, Path(work_dir).resolve() if work_dir else path)
     elif not (path / "config.json").is_file():
@@ -63,8 +70,25 @@ def latest_step(root: str | Path) -> Path:
     step = root / f"global_step_{text}"
     if not (step / FSDP_CONFIG).is_file():
         raise FileNotFoundError(f"{root / LATEST_FILE} names step {text}, but {step} is not a complete checkpoint "
-                                f"(no {FSDP_CONFIG}); pass an earlier global_step_N folder instead")
+                                f"(no {FSDP_CONFIG}); {root} holds {step_list(root)}: pass one of them instead")
     return step
+
+
+def step_folders(root: str | Path) -> list[Path]:
+    """The ``global_step_N`` folders of a checkpoint root, by step (``.incomplete`` ones left out)."""
+    steps = [p for p in Path(root).glob("global_step_*") if p.is_dir() and p.name[len("global_step_"):].isdigit()]
+    return sorted(steps, key=lambda p: int(p.name[len("global_step_"):]))
+
+
+def step_list(root: str | Path) -> str:
+    """``step_folders`` in words, for messages."""
+    return ", ".join(p.name for p in step_folders(root)) or "no global_step_N folder"
+
+
+def run_finished(root: str | Path) -> dict | None:
+    """What the run that trained into ``root`` recorded when it saved its planned last step, or None."""
+    path = Path(root) / FINISHED_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _claim(target: Path, source: Path) -> bool:
@@ -128,7 +152,14 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", help="HF model dir, verl global_step_N, checkpoint root, or a merged LoRA run")
     parser.add_argument("--work-dir", default=None, help="where merged models go (default: beside the checkpoint)")
+    parser.add_argument("--finished", action="store_true", help="only say whether the run training into PATH (a "
+                        "checkpoint root) finished: exit 0 if so, 1 if not")
     args = parser.parse_args(argv)
+    if args.finished:
+        record = run_finished(args.path)
+        print(f"{args.path}: finished at step {record['step']}" if record else
+              f"{args.path}: not finished ({step_list(args.path) if Path(args.path).is_dir() else 'nothing trained'})")
+        sys.exit(0 if record else 1)
     try:
         print(resolve_model_dir(args.path, args.work_dir))
     except (FileNotFoundError, ValueError, RuntimeError) as error:

@@ -6,9 +6,9 @@
 # Usage: bash scripts/reproduce_table.sh [extra Hydra overrides for every training run]
 #   e.g.  BASE_MODEL=Qwen/Qwen2.5-Math-7B NUM_GPUS=4 bash scripts/reproduce_table.sh
 #         LOSSES="sft ranktuner" bash scripts/reproduce_table.sh optim.lr=2e-5
-# Stages with outputs are skipped when run again: data (train.parquet), training (the checkpoint tracker, which verl
-# writes at the last step when trainer.save_freq=-1, its default), finished samples (evaluation resumes), so the
-# script can simply be run again after an interruption.
+# Finished stages are skipped when run again: data (train.parquet), training (only a run that saved its planned last
+# step: it writes ranktuner_finished.json; an interrupted one is resumed from its last checkpoint, never evaluated),
+# finished samples (evaluation resumes), so the script can simply be run again after an interruption.
 # Setup and numbers: docs/methods.md ("The paper's setup"): 4 x A800 80GB, lr 5e-5 cosine, warmup 0.1, batch 256,
 # max length 2048, 1 epoch; 16 samples at temperature 1.0, top_p 1.0, 4096 new tokens.
 # Variables (default):
@@ -72,9 +72,13 @@ RUNS=()
 LABELS=()
 for LOSS in $LOSSES; do
     CKPT="$WORK/checkpoints/$LOSS"
-    if [ ! -f "$CKPT/latest_checkpointed_iteration.txt" ]; then
+    if ! "$PYTHON" -m ranktuner_verl.checkpoints --finished "$CKPT" >&2; then
         NPROC=$NUM_GPUS PYTHON=$PYTHON bash scripts/train.sh loss="$LOSS" "${TRAIN_ARGS[@]}" data.train_files="$DATA/train.parquet" \
             "${VAL_ARGS[@]}" trainer.default_local_dir="$CKPT" trainer.experiment_name="$LOSS" "$@"
+        "$PYTHON" -m ranktuner_verl.checkpoints --finished "$CKPT" >&2 || {
+            echo "error: training $LOSS ended without saving its last step; not evaluating a half-trained model" >&2
+            exit 1
+        }
     fi
     for SEED in ${SEEDS//,/ }; do
         PYTHON=$PYTHON TP=$TP N=$EVAL_N SEED=$SEED BENCHMARKS=$BENCHMARKS DATA_DIR=$DATA_DIR NUM_GPUS=$NUM_GPUS \

@@ -8,12 +8,17 @@
 - A save that fails (disk full: torch says only ``[enforce fail at inline_container.cc] unexpected pos``) is reported
   as ``no space left on <path>`` and its folder renamed ``global_step_N.incomplete``. verl moves the tracker
   (``latest_checkpointed_iteration.txt``) only after a complete save, so resuming and evaluating a checkpoint root
-  use the last complete step; the rename keeps anyone from picking the broken folder by name.
+  use the last complete step; the rename keeps anyone from picking the broken folder by name. A tracker naming a
+  step that is gone is refused, naming the steps there are.
+- A run that saved its planned last step records it in ``ranktuner_finished.json`` (``mark_finished``); only then is
+  the run done (``scripts/reproduce_table.sh`` resumes any other, and evaluating its root warns).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import glob
 import json
 import os
 import re
@@ -21,9 +26,9 @@ import shutil
 
 from omegaconf import DictConfig
 
+from ranktuner_verl.checkpoints import FINISHED_FILE, LOSS_RECORD, step_list
 from ranktuner_verl.checkpoints import LATEST_FILE as TRACKER  # verl's checkpoint tracker
 
-LOSS_RECORD = "ranktuner_loss.json"
 INCOMPLETE_SUFFIX = ".incomplete"
 # torch's zip writer reports a failed write with these words, whatever the cause
 TORCH_WRITE_FAILURES = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
@@ -63,6 +68,14 @@ def check_resume(config: DictConfig) -> None:
     if path.endswith(INCOMPLETE_SUFFIX):
         raise ValueError(f"trainer.resume_from_path={path} is a checkpoint whose save failed (incomplete); resume "
                          "from an earlier global_step_N or from the checkpoint root's latest step")
+    if not os.path.isdir(path):
+        root = os.path.dirname(path)
+        named = (f"{os.path.join(root, TRACKER)} names {os.path.basename(path)}" if config.trainer.get(
+            "resume_from_path", None) is None else f"trainer.resume_from_path={path}")
+        raise ValueError(
+            f"{named}, which does not exist; {root} holds {step_list(root)}. Resume from one of them "
+            f"(trainer.resume_mode=resume_path trainer.resume_from_path={root}/global_step_N), or start over "
+            "(trainer.resume_mode=disable, or another trainer.default_local_dir)")
     check_dataloader_workers(path, int(config.data.num_workers))
     record_path = os.path.join(path, LOSS_RECORD)
     if not os.path.isfile(record_path):
@@ -144,10 +157,12 @@ def _existing_parent(path: str) -> str:
 
 
 class GuardedCheckpoints:
-    """verl's ``CheckpointHandler`` with the loss recorded in each step and failed saves marked and explained."""
+    """verl's ``CheckpointHandler`` with the loss recorded in each step and failed saves marked and explained;
+    ``saved_step``: the last step saved whole (0: none yet)."""
 
     def __init__(self, handler, config: DictConfig, writes_record: bool):
         self._handler, self._record, self._writes_record = handler, loss_record(config), writes_record
+        self.saved_step = 0
 
     def __getattr__(self, name):
         return getattr(self._handler, name)
@@ -159,25 +174,50 @@ class GuardedCheckpoints:
                 os.makedirs(folder, exist_ok=True)
                 with open(os.path.join(folder, LOSS_RECORD), "w") as f:
                     json.dump(self._record, f, indent=2)
-            return self._handler.save_checkpoint(step)
+            result = self._handler.save_checkpoint(step)
         except Exception as error:
-            marked = _mark_incomplete(folder)
-            where = f"; the partial folder is now {marked}" if marked else ""
+            where = _mark_incomplete(folder)
             if is_disk_full(error, folder):
                 raise RuntimeError(
                     f"no space left on {_existing_parent(folder)} while saving checkpoint global_step_{step}{where}. "
                     "Free space there or point trainer.default_local_dir elsewhere, then run again: it resumes from "
                     "the last complete checkpoint.") from error
             raise RuntimeError(f"saving checkpoint global_step_{step} failed{where}: {error}") from error
+        self.saved_step = step
+        return result
 
 
-def _mark_incomplete(folder: str) -> str | None:
-    """Rename a half-written step folder to ``<folder>.incomplete`` (replacing an older one); None if none is left."""
+def _mark_incomplete(folder: str) -> str:
+    """Rename a half-written step folder to ``<folder>.incomplete``; the words for what is there now. Every rank
+    whose save fails tries: the first renames it, the others find it renamed. Nothing is deleted here (it could be
+    another rank's fresh rename): older ``.incomplete`` folders go when the next run starts (``remove_incomplete``)."""
     target = folder + INCOMPLETE_SUFFIX
     try:
-        if os.path.isdir(target):
-            shutil.rmtree(target, ignore_errors=True)
         os.rename(folder, target)
-    except OSError:  # another rank renamed it already, or it was never created
-        return target if os.path.isdir(target) else None
-    return target
+    except OSError:  # another rank renamed it already, it was never created, or an older one is in the way
+        pass
+    if os.path.isdir(folder):
+        return f"; the partial folder {folder} is left as it is"
+    return f"; the partial folder is now {target}" if os.path.isdir(target) else ""
+
+
+def remove_incomplete(root: str) -> None:
+    """Delete the ``global_step_N.incomplete`` folders of earlier failed saves (before this run saves anything)."""
+    for folder in sorted(glob.glob(os.path.join(glob.escape(root), f"global_step_*{INCOMPLETE_SUFFIX}"))):
+        shutil.rmtree(folder, ignore_errors=True)
+        print(f"removed {folder}: a checkpoint whose save failed in an earlier run", flush=True)
+
+
+def mark_finished(root: str, step: int, config: DictConfig) -> None:
+    """Record in ``root`` that the run saved its planned last ``step`` (``checkpoints.run_finished`` reads it)."""
+    record = {"step": step, **loss_record(config)}
+    temporary = os.path.join(root, f".{FINISHED_FILE}.tmp")
+    with open(temporary, "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(temporary, os.path.join(root, FINISHED_FILE))
+
+
+def clear_finished(root: str) -> None:
+    """A run that trains on (resumed with more steps) is not finished until it saves its new last step."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(root, FINISHED_FILE))

@@ -19,7 +19,10 @@ and last (the ranks then skip the slow checks: ``CHECKED_ENV``). The checks (``r
   whose prompt fills ``max_length`` keep no response token: they are counted, and all of them stops the run;
 - ``model.use_fused_kernels`` with a loss that needs statistics, under a fused backend they cannot share
   (``WeightedSFTLoss.runs_fused``, ``fused_stats.unsupported_backend``: the "triton" backend);
-- resuming under another loss configuration, or from an incomplete checkpoint (``checkpoint_guard.check_resume``).
+- resuming under another loss configuration, from an incomplete checkpoint, or from a step that is gone
+  (``checkpoint_guard.check_resume``);
+- ``trainer.default_local_dir`` can be written and has room for one checkpoint, and no other run is using it
+  (``run_guard``).
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ def check_loss_overrides(argv: list[str]) -> None:
 
 def run_checks(config: DictConfig, loss) -> None:
     """All the checks of the module docstring but the command line's (``loss`` is the built ``WeightedSFTLoss``)."""
+    from ranktuner_verl.integration.sft import run_guard
     from ranktuner_verl.integration.sft.checkpoint_guard import check_resume
 
     check_options(config)
@@ -110,6 +114,7 @@ def run_checks(config: DictConfig, loss) -> None:
     rows = read_data(config)
     check_batch_sizes(config, {split: len(messages) for split, (_, messages) in rows.items()})
     check_model_path(config)
+    run_guard.check_folder(config)
     check_tokenization(config, rows)
     try:
         check_resume(config)

@@ -21,12 +21,14 @@ from omegaconf import DictConfig
 
 from ranktuner_verl.integration import plugin  # noqa: F401  (first: installs the CPU platform before verl loads)
 from ranktuner_verl.integration import run_log
-from ranktuner_verl.integration.sft import checks
+from ranktuner_verl.integration.sft import checks, run_guard
 from ranktuner_verl.integration.sft.checks import prepare  # noqa: F401  (trainer.prepare, as before)
 from ranktuner_verl.integration.sft.config import (  # noqa: F401  (compose_config: for trainer users)
     CONFIG_DIR, CONFIG_NAME, apply_cpu_defaults, build_loss, compose_config,
 )
-from ranktuner_verl.integration.sft.checkpoint_guard import GuardedCheckpoints, finished_before_loading, finished_message
+from ranktuner_verl.integration.sft.checkpoint_guard import (
+    GuardedCheckpoints, clear_finished, finished_before_loading, finished_message, mark_finished, remove_incomplete,
+)
 from ranktuner_verl.integration.sft.loss import SUPERVISED_TOKENS, reduce_step_metrics, take_nll_sums
 
 run_log.quiet_verl_engine_warnings()
@@ -62,15 +64,21 @@ class RankTunerSFTTrainer(SFTTrainer):
 
 def fit_unless_finished(trainer, verl_module, verl_fit, is_printing: bool) -> None:
     """verl's ``fit`` with ``val/nll`` logged beside ``val/loss``; a run resumed at its last step says it is finished
-    instead of training one step past ``trainer.total_training_steps`` (what verl 0.9.1 does)."""
-    message = finished_message(trainer.resume_global_step, trainer.total_training_steps,
-                               str(trainer.config.trainer.default_local_dir))
+    instead of training one step past ``trainer.total_training_steps`` (what verl 0.9.1 does). A run that saves its
+    last step is recorded as finished (``mark_finished``; ``is_printing``: the process that writes it)."""
+    root, total = str(trainer.config.trainer.default_local_dir), trainer.total_training_steps
+    message = finished_message(trainer.resume_global_step, total, root)
     if message:
         if is_printing:
             print(message, flush=True)
+            mark_finished(root, trainer.resume_global_step, trainer.config)
         return
+    if is_printing:
+        clear_finished(root)
     with logging_validation_nll(verl_module, trainer.training_client.validation):
         verl_fit()
+    if is_printing and trainer.ckpt_handler.saved_step >= total:
+        mark_finished(root, trainer.ckpt_handler.saved_step, trainer.config)
 
 
 class ValidationNLL:
@@ -167,6 +175,8 @@ def run(config: DictConfig) -> None:
     from verl.utils.distributed import destroy_global_process_group
 
     prepare(config)
+    if os.environ.get("RANK", "0") == "0":
+        own_checkpoint_folder(config)
     finished = finished_before_loading(config)
     if finished:
         if os.environ.get("RANK", "0") == "0":
@@ -174,6 +184,13 @@ def run(config: DictConfig) -> None:
         return
     build(config).fit()
     destroy_global_process_group()
+
+
+def own_checkpoint_folder(config: DictConfig) -> None:
+    """Before the model loads, in the one process that lives as long as the run (rank 0, the Ray driver): lock the
+    checkpoint folder for the run (``run_guard.lock_folder``) and clear the failed saves of earlier runs."""
+    run_guard.lock_folder(config)
+    remove_incomplete(run_guard.checkpoint_folder(config))
 
 
 def refuse_bad_loss_overrides() -> None:
@@ -190,6 +207,7 @@ def hydra_entry_point(run_config):
     hydra_main = hydra.main(config_path=CONFIG_DIR, config_name=CONFIG_NAME, version_base=None)(run_config)
 
     def main() -> None:
+        run_guard.stop_with_launcher()  # a torchrun rank: stop when the launcher dies
         refuse_bad_loss_overrides()
         hydra_main()
 

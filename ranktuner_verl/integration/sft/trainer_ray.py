@@ -15,8 +15,10 @@ from omegaconf import DictConfig
 from ranktuner_verl.integration import run_log
 from ranktuner_verl.integration.sft.checkpoint_guard import GuardedCheckpoints, finished_before_loading
 from ranktuner_verl.integration.sft.cluster import refuse_relative_paths
+from ranktuner_verl.integration.sft.run_guard import check_on_every_node
 from ranktuner_verl.integration.sft.trainer import (
-    StepMetricsClient, apply_cpu_defaults, fit_unless_finished, hydra_entry_point, prepare, use_weighted_loss,
+    StepMetricsClient, apply_cpu_defaults, fit_unless_finished, hydra_entry_point, own_checkpoint_folder, prepare,
+    use_weighted_loss,
 )
 
 from verl.trainer import sft_trainer_ray as verl_sft_trainer_ray  # noqa: E402  (after the plugin)
@@ -66,6 +68,8 @@ def run(config: DictConfig) -> None:
     if not ray.is_initialized():
         ray.init()
     refuse_relative_paths(config, nodes=sum(node["Alive"] for node in ray.nodes()))
+    check_on_every_node(config)
+    own_checkpoint_folder(config)
     finished = finished_before_loading(config)
     if finished:
         print(finished, flush=True)

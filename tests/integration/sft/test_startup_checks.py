@@ -311,3 +311,19 @@ def test_a_rejected_input_prints_its_error_alone(tiny, tmp_path):
     assert (result.stdout + result.stderr).strip().splitlines() == [
         "error: data.train_batch_size=-8: it must be a whole number of at least 1. Set data.train_batch_size to such "
         "a value (or leave it out: verl's default)."]
+
+
+def test_a_tracker_naming_a_step_that_is_gone_is_refused_naming_the_steps_there_are(tiny, tmp_path):
+    """Not "This run is finished" (total_training_steps=9), not verl's silent restart from step 1."""
+    root = tmp_path / "ckpt"
+    fake_checkpoint(root, 2, {"name": "sft"})
+    (root / "global_step_4.incomplete").mkdir()
+    (root / TRACKER).write_text("9")
+    ckpt = [f"trainer.default_local_dir={root}", "trainer.resume_mode=auto", "trainer.total_training_steps=9"]
+    with pytest.raises(StartupError, match=rf"{root / TRACKER} names global_step_9, which does not exist; {root} "
+                                           r"holds global_step_2\. Resume from one of them"):
+        trainer.prepare(config(*base(tiny), "loss=sft", *ckpt))
+    gone = root / "global_step_7"
+    with pytest.raises(StartupError, match=rf"trainer.resume_from_path={gone}, which does not exist; {root} holds "
+                                           "global_step_2"):
+        trainer.prepare(config(*base(tiny), "trainer.resume_mode=resume_path", f"trainer.resume_from_path={gone}"))
