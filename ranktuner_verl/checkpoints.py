@@ -32,7 +32,7 @@ from pathlib import Path
 
 LATEST_FILE = "latest_checkpointed_iteration.txt"
 LOSS_RECORD = "ranktuner_loss.json"  # written into every global_step_N by our trainers: the loss it was trained with
-FINISHED_FILE = "ranktuner_finished.json"  # written into the root by our trainers when a run saved its planned last step
+FINISHED_FILE = "ranktuner_finished.json"  # written into the root by our trainers once a run saved its last step
 FSDP_CONFIG = "fsdp_config.json"
 LORA_ADAPTER = "lora_adapter"
 SOURCE_FILE = "ranktuner_source.json"  # written into every merged folder: what it was made from

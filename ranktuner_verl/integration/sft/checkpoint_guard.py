@@ -143,14 +143,15 @@ def is_disk_full(error: BaseException, path: str) -> bool:
         seen = seen.__cause__ or seen.__context__
     if any(words in str(error) for words in TORCH_WRITE_FAILURES):
         try:
-            usage = shutil.disk_usage(_existing_parent(path))
+            usage = shutil.disk_usage(existing_parent(path))
         except OSError:
             return False
         return usage.free < max(1 << 30, usage.total // 100)
     return False
 
 
-def _existing_parent(path: str) -> str:
+def existing_parent(path: str) -> str:
+    """``path``, or the nearest folder above it that exists."""
     while path and not os.path.exists(path):
         path = os.path.dirname(path)
     return path or "."
@@ -179,7 +180,7 @@ class GuardedCheckpoints:
             where = _mark_incomplete(folder)
             if is_disk_full(error, folder):
                 raise RuntimeError(
-                    f"no space left on {_existing_parent(folder)} while saving checkpoint global_step_{step}{where}. "
+                    f"no space left on {existing_parent(folder)} while saving checkpoint global_step_{step}{where}. "
                     "Free space there or point trainer.default_local_dir elsewhere, then run again: it resumes from "
                     "the last complete checkpoint.") from error
             raise RuntimeError(f"saving checkpoint global_step_{step} failed{where}: {error}") from error

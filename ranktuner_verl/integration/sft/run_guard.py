@@ -26,6 +26,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -33,6 +34,8 @@ import sys
 import tempfile
 
 from omegaconf import DictConfig, OmegaConf
+
+from ranktuner_verl.integration.checkpoint_guard import existing_parent
 
 LOCK_FILE = "ranktuner_run.lock"
 # bytes per parameter of one checkpoint, by checkpoint.save_contents: FSDP's fp32 weights, Adam's two fp32 moments
@@ -94,9 +97,7 @@ def check_checkpoint_folder(folder: str, need: tuple[int, str] | None) -> str | 
     """The problem with ``folder`` as a checkpoint folder (it, or the folder it would be created in, cannot be
     written; less free space than ``need``), naming the fix; None when it is fine. Creates nothing: a probe file is
     written and removed in the nearest folder that exists."""
-    existing = folder
-    while not os.path.isdir(existing):
-        existing = os.path.dirname(existing)
+    existing = existing_parent(folder)
     what = f"trainer.default_local_dir={folder}" + ("" if existing == folder else f" (to be created in {existing})")
     try:
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".ranktuner_write_probe."):
@@ -105,17 +106,12 @@ def check_checkpoint_folder(folder: str, need: tuple[int, str] | None) -> str | 
         return (f"{what} cannot be written ({error.strerror}): the run would train and then fail to save. Point "
                 "trainer.default_local_dir at a writable folder, or make this one writable.")
     if need is not None:
-        free = _disk_free(existing)
+        free = shutil.disk_usage(existing).free
         if free < need[0]:
             return (f"{what}: its disk has {_size(free)} free, less than one checkpoint of this model takes (about "
                     f"{_size(need[0])}: {need[1]}); the run would train and then fail to save. Free space there or "
                     "point trainer.default_local_dir at a larger disk.")
     return None
-
-
-def _disk_free(folder: str) -> int:
-    stats = os.statvfs(folder)
-    return stats.f_bavail * stats.f_frsize
 
 
 def _size(count: int) -> str:
