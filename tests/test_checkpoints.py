@@ -127,3 +127,22 @@ def test_a_work_dir_holding_another_sources_merge_is_refused(lora_run, tmp_path)
     (work / "merged_hf" / SOURCE_FILE).write_text(json.dumps({"source": "/elsewhere/global_step_1"}))
     with pytest.raises(ValueError, match="already holds a model made from /elsewhere/global_step_1"):
         resolve_model_dir(ckpt, work_dir=work)
+
+
+def test_evaluating_the_root_of_an_unfinished_run_warns_that_it_is_half_trained(tmp_path, capsys):
+    """A root our trainer wrote (ranktuner_loss.json in its step) without ranktuner_finished.json: its run was
+    interrupted or still trains. The step's merge is already there (claimed from it), so nothing is merged here."""
+    from ranktuner_verl.integration.checkpoints import FINISHED_FILE, FSDP_CONFIG, LATEST_FILE, LOSS_RECORD, MERGED_HF
+
+    step = tmp_path / "global_step_2"
+    (step / MERGED_HF).mkdir(parents=True)
+    for name, text in ((FSDP_CONFIG, "{}"), (LOSS_RECORD, '{"loss": {"name": "sft"}}')):
+        (step / name).write_text(text)
+    (step / MERGED_HF / "config.json").write_text("{}")
+    (step / MERGED_HF / SOURCE_FILE).write_text(json.dumps({"source": str(step)}))
+    (tmp_path / LATEST_FILE).write_text("2")
+    assert resolve_model_dir(tmp_path) == step / MERGED_HF
+    assert f"{tmp_path} holds no {FINISHED_FILE}: its run has not finished" in capsys.readouterr().err
+    (tmp_path / FINISHED_FILE).write_text(json.dumps({"step": 2}))
+    assert resolve_model_dir(tmp_path) == step / MERGED_HF
+    assert "has not finished" not in capsys.readouterr().err
