@@ -132,7 +132,7 @@ def test_a_work_dir_holding_another_sources_merge_is_refused(lora_run, tmp_path)
 def test_evaluating_the_root_of_an_unfinished_run_warns_that_it_is_half_trained(tmp_path, capsys):
     """A root our trainer wrote (ranktuner_loss.json in its step) without ranktuner_finished.json: its run was
     interrupted or still trains. The step's merge is already there (claimed from it), so nothing is merged here."""
-    from ranktuner_verl.integration.checkpoints import FINISHED_FILE, FSDP_CONFIG, LATEST_FILE, LOSS_RECORD, MERGED_HF
+    from ranktuner_verl.checkpoints import FINISHED_FILE, FSDP_CONFIG, LATEST_FILE, LOSS_RECORD, MERGED_HF
 
     step = tmp_path / "global_step_2"
     (step / MERGED_HF).mkdir(parents=True)

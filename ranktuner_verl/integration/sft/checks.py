@@ -114,10 +114,10 @@ def run_checks(config: DictConfig, loss) -> None:
     rows = read_data(config)
     check_batch_sizes(config, {split: len(messages) for split, (_, messages) in rows.items()})
     check_model_path(config)
-    run_guard.check_folder(config)
     check_tokenization(config, rows)
     try:
         check_resume(config)
+        run_guard.check_folder(config)
     except ValueError as error:
         raise StartupError(str(error)) from None
 

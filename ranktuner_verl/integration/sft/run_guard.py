@@ -35,7 +35,7 @@ import tempfile
 
 from omegaconf import DictConfig, OmegaConf
 
-from ranktuner_verl.integration.checkpoint_guard import existing_parent
+from ranktuner_verl.integration.sft.checkpoint_guard import existing_parent
 
 LOCK_FILE = "ranktuner_run.lock"
 # bytes per parameter of one checkpoint, by checkpoint.save_contents: FSDP's fp32 weights, Adam's two fp32 moments
@@ -123,11 +123,9 @@ def _size(count: int) -> str:
 
 def check_on_every_node(config: DictConfig) -> None:
     """``check_checkpoint_folder`` on every alive node of the connected Ray cluster (each worker writes its shards
-    from its own node); raises ``StartupError`` naming each node that fails."""
+    from its own node); raises ``ValueError`` naming each node that fails."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from ranktuner_verl.integration.sft.checks import StartupError
 
     probe = ray.remote(num_cpus=0)(_node_problem)
     folder, need = checkpoint_folder(config), checkpoint_bytes(config)
@@ -135,7 +133,7 @@ def check_on_every_node(config: DictConfig) -> None:
                .remote(folder, need) for node in ray.nodes() if node["Alive"]]
     problems = [problem for problem in ray.get(futures) if problem]
     if problems:
-        raise StartupError(" ".join(problems))
+        raise ValueError(" ".join(problems))
 
 
 def _node_problem(folder: str, need: tuple[int, str] | None) -> str | None:
@@ -177,35 +175,31 @@ def _in_use_message(folder: str, path: str) -> str:
 
 def check_folder(config: DictConfig) -> None:
     """The start-up check (``checks.run_checks``): ``check_checkpoint_folder`` here, and no other run holds the
-    folder's lock (nothing is taken); ``StartupError`` otherwise."""
-    from ranktuner_verl.integration.sft.checks import StartupError
-
+    folder's lock (nothing is taken); ``ValueError`` otherwise."""
     folder = checkpoint_folder(config)
     problem = check_checkpoint_folder(folder, checkpoint_bytes(config))
     if problem:
-        raise StartupError(problem)
+        raise ValueError(problem)
     path = os.path.join(folder, LOCK_FILE)
     if not os.path.isfile(path):
         return
     handle = _try_lock(path)
     if handle is None:
-        raise StartupError(_in_use_message(folder, path))
+        raise ValueError(_in_use_message(folder, path))
     if handle:
         handle.close()  # releases it
 
 
 def lock_folder(config: DictConfig) -> None:
     """Take the folder's lock for the rest of this process's life and record who holds it; refuse
-    (``StartupError``) when another run holds it."""
+    (``ValueError``) when another run holds it."""
     global _held
-    from ranktuner_verl.integration.sft.checks import StartupError
-
     folder = checkpoint_folder(config)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, LOCK_FILE)
     handle = _try_lock(path)
     if handle is None:
-        raise StartupError(_in_use_message(folder, path))
+        raise ValueError(_in_use_message(folder, path))
     if handle:
         loss = " ".join([str(config.loss.name)] + [f"loss.{key}={value}" for key, value in
                                                    OmegaConf.to_container(config.loss, resolve=True).items()
