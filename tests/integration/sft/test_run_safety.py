@@ -137,8 +137,8 @@ def test_reproduce_table_resumes_an_interrupted_training_instead_of_evaluating_i
     env = {**os.environ, "PYTHON": sys.executable, "BASE_MODEL": str(tiny / "model"), "LOSSES": "sft",
            "NUM_GPUS": "1", "WORK": str(work), "NUMINA_SOURCE": str(source), "NUM_ROWS": "8", "VAL_SIZE": "0",
            "BACKEND": "hf", "BENCHMARKS": "aime24", "DATA_DIR": str(REPO.parent / "shared" / "data" / "eval"),
-           "LIMIT": "1", "EVAL_N": "1", "MAX_NEW_TOKENS": "4", "TABLE_K": "1", "RAY_AUTH_MODE": "disabled",
-           "TOKENIZERS_PARALLELISM": "false"}
+           "LIMIT": "1", "EVAL_N": "1", "MAX_NEW_TOKENS": "4", "TABLE_K": "1", "SEEDS": "0",
+           "RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
     tiny_run = ["data.train_batch_size=4", "data.micro_batch_size_per_gpu=2", "data.max_length=1024",
                 "data.num_workers=0", "data.use_dynamic_bsz=False", "+engine.mixed_precision.param_dtype=fp32",
                 "trainer.save_freq=1", "trainer.logger=[console]"]
@@ -156,6 +156,6 @@ def test_reproduce_table_resumes_an_interrupted_training_instead_of_evaluating_i
     assert again.returncode == 0, output[-3000:]
     assert f"{ckpt}: not finished (global_step_1, global_step_2)" in output  # then resumed, not evaluated
     assert run_finished(ckpt)["step"] == 2
-    generation = json.loads((work / "results" / "sft" / "aime24" / "generation.json").read_text())
+    generation = json.loads((work / "results" / "sft" / "seed0" / "aime24" / "generation.json").read_text())
     assert generation["model"].startswith(str(ckpt / "global_step_2")), generation["model"]
     assert (work / "table.md").is_file()
