@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from ranktuner_verl.checkpoints import FINISHED_FILE
+
 REPO = Path(__file__).parents[1]
 # script -> the variables its help must list (eval.sh belongs to another helper)
 SCRIPTS = {
@@ -28,6 +30,12 @@ SCRIPTS = {
 }
 
 
+# A fake training run records its run as finished in its checkpoint folder; `checkpoints --finished ROOT` says so.
+FAKE_TRAINING = ('for arg in "$@"; do case "$arg" in trainer.default_local_dir=*) mkdir -p "${arg#*=}" && '
+                 f'touch "${{arg#*=}}/{FINISHED_FILE}";; esac; last=$arg; done\n'
+                 f'case "$*" in *"checkpoints --finished"*) [ -f "$last/{FINISHED_FILE}" ]; exit $?;; esac\n')
+
+
 @pytest.fixture
 def bare_checkout(tmp_path):
     """The scripts in a folder without .venv, and a fake interpreter on PATH that records every call."""
@@ -38,7 +46,7 @@ def bare_checkout(tmp_path):
     calls = tmp_path / "calls"
     for name in ("python", "python3", "torchrun", "ray", "nvidia-smi"):
         fake = bin_dir / name
-        fake.write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\nexit 0\n')
+        fake.write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\n{FAKE_TRAINING}exit 0\n')
         fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     return tmp_path / "repo", {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}, calls
 
