@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from ranktuner_verl.methods import S_BAND
+
 REPO = Path(__file__).parents[1]
 STEPS = 2
 BASE_COLUMNS = ["step", "loss", "nll", "w mean", "w p10", "w p50", "w p90"]
-RANKTUNER_COLUMN = "|S-1|<.05"
+RANKTUNER_COLUMN = f"|S-1|<{S_BAND:g}"
 
 
 def parse_tables(stdout: str) -> dict[str, dict]:

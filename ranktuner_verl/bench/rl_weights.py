@@ -20,12 +20,12 @@ gradient norm over vanilla's.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
 
+from ranktuner_verl.bench.cases import BenchParser
 from ranktuner_verl.integration.rl.policy_loss import loss_modes, parse_options, token_weights
 from ranktuner_verl.stats import nats_to_bits, token_stats
 
@@ -104,8 +104,9 @@ def measure(model, batch, advantages: torch.Tensor) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="an HF model dir with sft.jsonl (ranktuner_verl.data.confident)")
+    parser = BenchParser(__doc__)
+    parser.add_argument("--model", required=True, help="required: an HF model dir with sft.jsonl "
+                        "(python -m ranktuner_verl.diagnostics.confident makes one)")
     parser.add_argument("--random-init", action="store_true", help="re-initialise the model's weights (flat)")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--samples", type=int, default=4, help="responses per prompt (a GRPO group)")

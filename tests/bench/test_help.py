@@ -32,4 +32,4 @@ def test_help_shows_the_whole_description_and_every_default(name, capsys):
         head = option.split()[0].rstrip(",")
         flag = not re.match(r"^-\S+(, -\S+)* [A-Z{]", option.strip())
         if head not in ("-h", "--help") and not flag:
-            assert "default" in option, f"{name}: {option!r}"
+            assert "default" in option or "required" in option, f"{name}: {option!r}"  # a required one has none
